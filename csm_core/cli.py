@@ -1,0 +1,267 @@
+"""``csmctl``: the command line of csm-multi.
+
+Start-up stays fast: this module imports no model runtime (torch, onnxruntime, tensorrt); the
+commands that need one import it when they run. Check with
+``python -X importtime -c "import csm_core.cli"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from csm_core.errors import CsmError
+
+app = typer.Typer(
+    name="csmctl",
+    help="Conversational speech with Sesame's CSM on interchangeable backends.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# -- options shared by `run` and `say` -------------------------------------------------------------
+ModelPath = Annotated[Optional[Path], typer.Option("--model-path", "-w", help="CSM checkpoint directory.")]
+ModelFlavor = Annotated[
+    Optional[str], typer.Option("--model-flavor", "-f", help="Checkpoint layout: transformers, sesame, sesame-ckpt.")
+]
+Preset = Annotated[Optional[str], typer.Option("--preset", help="Random weights of a preset size: tiny, small, csm-1b.")]
+MaxNewTokens = Annotated[
+    Optional[int], typer.Option("--max-new-tokens", "-m", help="Frames of audio to generate at most (80 ms each).")
+]
+Temperature = Annotated[Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.")]
+TopK = Annotated[Optional[int], typer.Option("--top-k", "-k", help="Sample among the k most likely codes.")]
+TopP = Annotated[Optional[float], typer.Option("--top-p", "-p", help="Nucleus sampling mass.")]
+Speaker = Annotated[Optional[int], typer.Option("--speaker", help="Speaker id of the voice.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for reproducible sampling.")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Backend = Annotated[Optional[str], typer.Option("--backend", "-b", help="Backend for every stage (see `csmctl doctor`).")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="WAV file to write.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what loads and runs.")]
+
+
+def _settings(config: Path | None = None, **flags):
+    from csm_core.config import load_settings
+
+    overrides = {
+        "models.model_path": flags.get("model_path"),
+        "models.model_flavor": flags.get("model_flavor"),
+        "models.preset": flags.get("preset"),
+        "generation.max_new_frames": flags.get("max_new_tokens"),
+        "generation.temperature": flags.get("temperature"),
+        "generation.top_k": flags.get("top_k"),
+        "generation.top_p": flags.get("top_p"),
+        "generation.seed": flags.get("seed"),
+        "speaker": flags.get("speaker"),
+        "device": flags.get("device"),
+        "backend": flags.get("backend"),
+    }
+    return load_settings(config, overrides)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _speech_progress():
+    """A transient progress display on stderr: seconds of audio generated so far."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:.2f} s of audio"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def _write_speech(pipeline, output: Path, stream: bool, produce):
+    """Run ``produce(on_audio)``; with ``stream`` the WAV grows on disk as chunks arrive."""
+    from csm_core.audio import WavStreamWriter, write_wav
+
+    sample_rate = pipeline.stage("tts").sample_rate
+    with _speech_progress() as progress:
+        task = progress.add_task("generating speech", total=None)
+        writer = WavStreamWriter(output, sample_rate) if stream else None
+
+        def on_audio(samples):
+            progress.advance(task, len(samples) / sample_rate)
+            if writer is not None:
+                writer.write(samples)
+
+        try:
+            turn = produce(on_audio)
+        finally:
+            if writer is not None:
+                writer.close()
+    if not stream:
+        write_wav(output, turn.audio)
+    return turn
+
+
+def _print_turn(turn, output: Path, as_json: bool) -> None:
+    data = turn.to_dict()
+    data["output"] = str(output)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    for key in ("transcript", "emotion", "reply"):
+        if data.get(key) is not None:
+            typer.echo(f"{key}: {data[key]}")
+    if data["sentiment"] is not None:
+        sentiment = data["sentiment"]
+        label = sentiment.get("emotion") if isinstance(sentiment, dict) else sentiment
+        typer.echo(f"sentiment: {label}")
+    if data["params"]:
+        typer.echo("params: " + ", ".join(f"{k}={v}" for k, v in data["params"].items()))
+    metrics = data["metrics"]
+    for timing in metrics["stages"]:
+        typer.echo(f"  {timing['stage']:<12} {timing['implementation']:<14} {timing['seconds']:.3f} s")
+    if metrics["time_to_first_audio_s"] is not None:
+        typer.echo(f"time to first audio: {metrics['time_to_first_audio_s']:.3f} s")
+    if metrics["real_time_factor"] is not None:
+        typer.echo(f"real-time factor: {metrics['real_time_factor']:.3f}")
+    for event in metrics["events"]:
+        typer.echo(f"note: {event}")
+    typer.echo(f"wrote {output} ({data['audio_seconds']:.2f} s)")
+
+
+@app.command()
+def plugins(
+    as_json: JsonOut = False,
+    show_tracebacks: Annotated[bool, typer.Option("--tracebacks", help="Show load failures' tracebacks.")] = False,
+) -> None:
+    """List installed plugins, what each registered, and plugins that failed to load."""
+    from csm_core.plugin_report import plugin_report, render_plugin_report
+    from csm_core.plugins import Plugins
+
+    report = plugin_report(Plugins.from_environment())
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        render_plugin_report(report, show_tracebacks)
+    if report["conflicts"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(as_json: JsonOut = False) -> None:
+    """Check runtimes, CUDA and, for every backend, whether it can run here and why not."""
+    from csm_core.doctor import backend_checks, runtime_checks
+    from csm_core.plugins import Plugins
+    from csm_core.registry import Registry
+
+    registry = Registry.collect(Plugins.from_environment(), strict=False)
+    checks = runtime_checks() + backend_checks(registry)
+    if as_json:
+        typer.echo(json.dumps([vars(check) for check in checks], indent=2))
+        return
+    for check in checks:
+        mark = typer.style("ok  ", fg=typer.colors.GREEN) if check.ok else typer.style("no  ", fg=typer.colors.YELLOW)
+        typer.echo(f"{mark}{check.name:<24} {check.detail}")
+    if not registry.backends:
+        typer.echo("no backend is registered: install csm-multi[torch] or a backend plugin")
+
+
+@app.command()
+def say(
+    text: Annotated[str, typer.Argument(help="What to say.")],
+    output: Output = Path("out.wav"),
+    stream: Annotated[bool, typer.Option("--stream", help="Write audio to the file as it is generated.")] = False,
+    model_path: ModelPath = None,
+    model_flavor: ModelFlavor = None,
+    preset: Preset = None,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    speaker: Speaker = None,
+    seed: Seed = None,
+    device: Device = None,
+    backend: Backend = None,
+    config: ConfigFile = None,
+    as_json: JsonOut = False,
+    verbose: Verbose = False,
+) -> None:
+    """Speak TEXT with CSM and write it to a WAV file."""
+    _logging(verbose)
+    try:
+        from csm_core.pipeline import Pipeline
+
+        settings = _settings(**locals())
+        if not text.strip():
+            _fail("the text to say is empty")
+        with Pipeline(settings) as pipeline:
+            pipeline.require("tts")
+            turn = _write_speech(pipeline, output, stream, lambda on_audio: pipeline.speak(text, on_audio))
+    except CsmError as exc:
+        _fail(str(exc))
+    _print_turn(turn, output, as_json)
+
+
+@app.command()
+def run(
+    input: Annotated[Optional[Path], typer.Argument(help="The user's speech (WAV, FLAC, any rate).")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="The user's words as text, instead of audio.")] = None,
+    output: Output = Path("reply.wav"),
+    stream: Annotated[bool, typer.Option("--stream", help="Write the reply as it is generated.")] = False,
+    model_path: ModelPath = None,
+    model_flavor: ModelFlavor = None,
+    preset: Preset = None,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    speaker: Speaker = None,
+    seed: Seed = None,
+    device: Device = None,
+    backend: Backend = None,
+    config: ConfigFile = None,
+    as_json: JsonOut = False,
+    verbose: Verbose = False,
+) -> None:
+    """One conversation turn: hear INPUT (or --text), reply with an emotion, speak the reply."""
+    _logging(verbose)
+    if (input is None) == (text is None):
+        _fail("give the user's speech as INPUT or their words with --text (one of the two)")
+    try:
+        from csm_core.audio import read_audio
+        from csm_core.pipeline import AUDIO_STAGES, TEXT_STAGES, Pipeline
+
+        settings = _settings(**locals())
+        audio = read_audio(input) if input is not None else None
+        with Pipeline(settings) as pipeline:
+            pipeline.require(*(AUDIO_STAGES if audio is not None else TEXT_STAGES))
+            turn = _write_speech(
+                pipeline, output, stream, lambda on_audio: pipeline.turn(audio=audio, text=text, on_audio=on_audio)
+            )
+    except CsmError as exc:
+        _fail(str(exc))
+    _print_turn(turn, output, as_json)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,96 @@
+"""The small, fixed interfaces that a backend implements for each model component.
+
+A backend turns a model component (held as a PyTorch module, the source of truth for weights) into an
+*engine* with one of these interfaces. Everything that is the same on every backend — embedding sums,
+sampling, end-of-speech detection, streaming, context assembly — lives in :mod:`csm_core.generation`
+and drives these engines unchanged. Tensors crossing these interfaces are ``torch.Tensor`` on the
+engine's device: the tensor currency of the generation loop.
+
+Shapes use ``B`` batch, ``T`` positions, ``D`` backbone width, ``V`` audio vocabulary (2051 for CSM),
+``K`` codebooks (32), ``F`` codec frames, ``N`` samples.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # torch is imported only where tensors are computed
+    import torch
+
+# The component kinds a backend may provide engines for (``Backend.engines`` keys).
+CSM = "csm"  # -> CsmEngines(backbone, decoder)
+CODEC = "codec"  # -> CodecEngine
+COMPONENT_KINDS = (CSM, CODEC)
+
+
+@runtime_checkable
+class BackboneEngine(Protocol):
+    """The CSM backbone: a Llama-style transformer over summed frame embeddings.
+
+    Holds a static key/value cache of ``max_positions`` positions; writes go to the positions given.
+    Returns the last position's hidden state and the codebook-0 logits computed from it.
+    """
+
+    max_positions: int
+
+    def reset(self) -> None:
+        """Forget the cached sequence (the next call starts a new utterance)."""
+
+    def prefill(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``embeds`` [B,T,D] float, ``positions`` [B,T] int64 -> (hidden [B,D], c0_logits [B,V])."""
+
+    def step(self, embed: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``embed`` [B,1,D], ``position`` [B,1] -> (hidden [B,D], c0_logits [B,V])."""
+
+
+@runtime_checkable
+class DepthDecoderEngine(Protocol):
+    """The CSM depth decoder: predicts codebooks 1..K-1 of one frame, one at a time.
+
+    Its cache holds K positions and is reset every frame. Inputs are in the *backbone* width: the engine
+    applies the projection to the decoder width itself.
+    """
+
+    def reset(self) -> None:
+        """Start a new frame."""
+
+    def step(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``x`` [B,T,D], ``positions`` [B,T] -> logits [B,V] of codebook ``positions[:, -1]``.
+
+        The first call of a frame passes T=2: (backbone hidden, embedding of codebook 0) at positions
+        (0, 1) and gets codebook 1's logits; call ``i`` (2..K-1) passes the embedding of codebook ``i-1``
+        at position ``i`` and gets codebook ``i``'s logits.
+        """
+
+
+class CsmEngines(Protocol):
+    """What a backend returns for the ``csm`` component."""
+
+    backbone: BackboneEngine
+    decoder: DepthDecoderEngine
+
+
+@runtime_checkable
+class CodecEngine(Protocol):
+    """The Mimi audio codec: 24 kHz mono PCM <-> K codebooks at 12.5 frames per second."""
+
+    sample_rate: int
+    frame_rate: float
+    num_codebooks: int
+    samples_per_frame: int
+
+    def encode(self, pcm: torch.Tensor) -> torch.Tensor:
+        """``pcm`` [B,1,N] float32 in [-1, 1] -> codes [B,K,F] int64."""
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes`` [B,K,F] -> pcm [B,1,F*samples_per_frame] (whole utterance, no state kept)."""
+
+    def init_state(self, batch_size: int = 1) -> Any:
+        """A fresh streaming-decoder state."""
+
+    def decode_step(self, codes: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Decode the next ``F`` frames given the state of all earlier ones.
+
+        ``codes`` [B,K,F] -> (pcm [B,1,F*samples_per_frame], new state). Concatenating the outputs of
+        successive calls equals :meth:`decode` of the concatenated codes.
+        """

@@ -1,0 +1,111 @@
+"""The typed records a plugin passes to ``register(...)``, and what their factories receive."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+
+from csm_core.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from csm_core.config import Settings
+    from csm_core.registry import Registry
+
+
+def _check_name(record: object, name: str) -> None:
+    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError(
+            f"{type(record).__name__}.name must be letters, digits, '-', '_' or '.', got {name!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A runtime that builds engines for model components.
+
+    ``engines`` maps a component kind (see :data:`csm_core.components.COMPONENT_KINDS`) to a factory
+    ``factory(module, context) -> engine``: ``module`` is the component's PyTorch module (the source of
+    the weights), ``context`` a :class:`StageContext`. ``check()`` returns nothing when the backend can
+    run here and raises :class:`csm_core.errors.BackendUnavailable` saying what is missing otherwise;
+    it must be cheap and must not load models.
+    """
+
+    name: str
+    engines: Mapping[str, Callable[[Any, "StageContext"], Any]]
+    check: Callable[[], None]
+    description: str = ""
+    devices: tuple[str, ...] = ("cpu",)
+
+    def __post_init__(self) -> None:
+        _check_name(self, self.name)
+
+    def supports(self, component: str) -> bool:
+        return component in self.engines
+
+
+@dataclass(frozen=True)
+class StageImpl:
+    """An implementation of one pipeline stage; ``factory(context)`` builds the stage object.
+
+    ``components`` lists the engine kinds the stage asks its backend for (``("csm", "codec")`` for
+    CSM); the pipeline checks before loading anything that the selected backend provides them and can
+    run here. A stage that runs on no backend leaves it empty.
+    """
+
+    name: str
+    factory: Callable[["StageContext"], Any]
+    description: str = ""
+    components: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_name(self, self.name)
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimization that can be switched on by name.
+
+    ``effect`` declares what it may change: ``"exact"`` ones must give identical codes to the
+    unoptimized run; ``"approximate"`` ones state a quality bound in their ``description``.
+    ``factory(context)`` returns an object registered as a plugin while the pipeline lives (so it may
+    implement ``run_stage`` as a wrapper) and that may also offer methods the stages look for.
+    """
+
+    name: str
+    factory: Callable[["StageContext"], Any]
+    effect: Literal["exact", "approximate"] = "exact"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name(self, self.name)
+        if self.effect not in ("exact", "approximate"):
+            raise ValueError(f"Optimizer.effect must be 'exact' or 'approximate', got {self.effect!r}")
+
+
+@dataclass
+class StageContext:
+    """What a stage, backend engine or optimizer factory is given."""
+
+    stage: str
+    settings: "Settings"
+    registry: "Registry"
+    backend: Backend | None = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("csm"))
+    events: list[str] = field(default_factory=list)
+
+    def engine(self, component: str, module: Any) -> Any:
+        """Build ``component``'s engine from its PyTorch ``module`` on this stage's backend."""
+        if self.backend is None:
+            raise BackendUnavailable(f"the {self.stage} stage was built without a backend")
+        if not self.backend.supports(component):
+            raise BackendUnavailable(
+                f"backend {self.backend.name!r} has no engine for component {component!r} "
+                f"(it provides: {', '.join(sorted(self.backend.engines)) or 'none'})"
+            )
+        return self.backend.engines[component](module, self)
+
+    def report(self, message: str) -> None:
+        """Log a notable event (a fallback, an export, a rebuild) and keep it for the turn's metrics."""
+        self.log.warning(message)
+        self.events.append(message)

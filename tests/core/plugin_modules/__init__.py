@@ -1,0 +1,1 @@
+"""Small plugin modules the core tests load through real entry points."""

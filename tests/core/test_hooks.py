@@ -1,0 +1,134 @@
+"""One test per hookspec (``test_hook_<name>``), each through the path the core really uses.
+
+``tests/test_meta.py`` checks that every hookspec has its test here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from csm_core import hookimpl
+from csm_core.audio import Audio
+from csm_core.config import Settings
+from csm_core.pipeline import Pipeline
+from csm_core.plugins import Plugins
+from csm_core.records import Backend, Optimizer, StageImpl
+from csm_core.registry import Registry
+from csm_core.stages import Reply, SpeechChunk
+
+
+def registry_with(plugin) -> Registry:
+    plugins = Plugins()
+    plugins.register(plugin, name="under-test")
+    return Registry.collect(plugins)
+
+
+def made_by(kind: str, hook: str):
+    """A plugin implementing ``hook`` that registers one StageImpl named 'x' building ``kind``."""
+    def method(self, register):
+        register(StageImpl(name="x", factory=lambda context: kind, description=f"a {kind}"))
+
+    method.__name__ = hook
+    return type("Plugin", (), {hook: hookimpl(method)})()
+
+
+@pytest.mark.parametrize(
+    "hook, kind",
+    [
+        ("register_tokenizers", "tokenizer"),
+        ("register_transcribers", "transcriber"),
+        ("register_sentiment_analyzers", "sentiment"),
+        ("register_llms", "llm"),
+        ("register_tts", "tts"),
+    ],
+)
+def test_stage_hooks_register_under_their_kind(hook, kind):
+    registry = registry_with(made_by(kind, hook))
+    assert registry.stage(kind, "x").factory(None) == kind
+    others = [k for k in registry.stages if k != kind]
+    assert all(registry.stages[k] == {} for k in others)
+
+
+def test_hook_register_backends():
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register(Backend(name="numpy", engines={"codec": lambda m, c: m}, check=lambda: None))
+
+    registry = registry_with(Plugin())
+    backend = registry.backend("numpy")
+    assert backend.supports("codec") and not backend.supports("csm")
+    assert registry.backends["numpy"].plugin == "under-test"
+
+
+def test_hook_register_tokenizers():
+    test_stage_hooks_register_under_their_kind("register_tokenizers", "tokenizer")
+
+
+def test_hook_register_transcribers():
+    test_stage_hooks_register_under_their_kind("register_transcribers", "transcriber")
+
+
+def test_hook_register_sentiment_analyzers():
+    test_stage_hooks_register_under_their_kind("register_sentiment_analyzers", "sentiment")
+
+
+def test_hook_register_llms():
+    test_stage_hooks_register_under_their_kind("register_llms", "llm")
+
+
+def test_hook_register_tts():
+    test_stage_hooks_register_under_their_kind("register_tts", "tts")
+
+
+def test_hook_register_optimizers():
+    class Plugin:
+        @hookimpl
+        def register_optimizers(self, register):
+            register(Optimizer(name="noop", factory=lambda ctx: object(), effect="exact"))
+
+    assert registry_with(Plugin()).optimizer("noop").effect == "exact"
+    with pytest.raises(ValueError, match="effect must be"):
+        Optimizer(name="bad", factory=lambda ctx: None, effect="sometimes")
+
+
+def test_hook_run_stage():
+    """A wrapper sees each stage's name, the turn so far, and can replace the result."""
+    seen = []
+
+    class Tts:
+        sample_rate = 24000
+
+        def speak(self, request):
+            yield SpeechChunk(np.zeros(1920, dtype=np.float32), np.zeros((32, 1), dtype=np.int64))
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register(Backend(name="numpy", engines={}, check=lambda: None))
+
+        @hookimpl
+        def register_llms(self, register):
+            register(StageImpl("transformers", lambda ctx: type("L", (), {
+                "reply": lambda s, r: Reply(text="plain", emotion="calm")})()))
+
+        @hookimpl
+        def register_tts(self, register):
+            register(StageImpl("csm", lambda ctx: Tts()))
+
+        @hookimpl(wrapper=True)
+        def run_stage(self, stage, call, turn):
+            seen.append((stage, turn.transcript))
+            result = yield
+            if stage == "llm":
+                return Reply(text=result.text.upper(), emotion=result.emotion)
+            return result
+
+    plugins = Plugins()
+    plugins.register(Plugin(), name="under-test")
+    with Pipeline(Settings(backend="numpy"), plugins) as pipeline:
+        turn = pipeline.turn(text="hi")
+    assert seen == [("llm", "hi"), ("tts", "hi")]
+    assert turn.reply.text == "PLAIN"
+    assert isinstance(turn.audio, Audio)

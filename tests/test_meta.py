@@ -1,0 +1,48 @@
+"""Meta-tests in the style of datasette's: every hook is tested and documented, every command too."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from csm_core import hookspecs
+
+REPO = Path(__file__).resolve().parents[1]
+HOOKS = sorted(
+    name for name, value in vars(hookspecs).items()
+    if inspect.isfunction(value) and hasattr(value, "csm_multi_spec")
+)
+
+
+def test_hookspecs_are_found():
+    assert "register_backends" in HOOKS and "run_stage" in HOOKS
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_test(hook):
+    tests = (REPO / "tests" / "core" / "test_hooks.py").read_text()
+    assert f"def test_hook_{hook}(" in tests
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented_with_its_signature(hook):
+    docs = (REPO / "docs" / "plugins.md").read_text()
+    signature = f"{hook}{inspect.signature(getattr(hookspecs, hook))}"
+    assert re.search(rf"^### {re.escape(signature)}$", docs, re.MULTILINE), f"### {signature} missing"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_docstring(hook):
+    assert (getattr(hookspecs, hook).__doc__ or "").strip()
+
+
+def test_every_command_is_documented():
+    from csm_core.cli import app
+
+    docs = (REPO / "docs" / "cli.md").read_text()
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__
+        assert f"## csmctl {name}" in docs, f"docs/cli.md has no section for `csmctl {name}`"
