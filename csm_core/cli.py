@@ -129,7 +129,7 @@ def _print_turn(turn, output: Path, as_json: bool) -> None:
             typer.echo(f"{key}: {data[key]}")
     if data["sentiment"] is not None:
         sentiment = data["sentiment"]
-        label = sentiment.get("emotion") if isinstance(sentiment, dict) else sentiment
+        label = sentiment.get("label") if isinstance(sentiment, dict) else sentiment
         typer.echo(f"sentiment: {label}")
     if data["params"]:
         typer.echo("params: " + ", ".join(f"{k}={v}" for k, v in data["params"].items()))

@@ -82,6 +82,7 @@ class Pipeline:
         self.conversation = conversation if conversation is not None else Conversation()
         self._stages: dict[str, Any] = {}
         self._contexts: dict[str, StageContext] = {}
+        self._resources: dict = {}  # shared by all stage contexts: models loaded once per pipeline
         self._optimizer_plugins: list[str] = []
         self._enable_optimizers()
 
@@ -91,7 +92,7 @@ class Pipeline:
             backend = self.registry.backend(self.settings.backend_for(stage))
             self._contexts[stage] = StageContext(
                 stage=stage, settings=self.settings, registry=self.registry, backend=backend,
-                log=logging.getLogger(f"csm.{stage}"),
+                log=logging.getLogger(f"csm.{stage}"), resources=self._resources,
             )
         return self._contexts[stage]
 

@@ -93,6 +93,13 @@ class StageContext:
     backend: Backend | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("csm"))
     events: list[str] = field(default_factory=list)
+    resources: dict[Any, Any] = field(default_factory=dict)
+
+    def resource(self, key: Any, build: Callable[[], Any]) -> Any:
+        """A value shared by every stage of the pipeline (a loaded model, say), built on first use."""
+        if key not in self.resources:
+            self.resources[key] = build()
+        return self.resources[key]
 
     def engine(self, component: str, module: Any) -> Any:
         """Build ``component``'s engine from its PyTorch ``module`` on this stage's backend."""

@@ -102,7 +102,7 @@ class Transcriber(Protocol):
 @runtime_checkable
 class SentimentAnalyzer(Protocol):
     def analyze(self, audio: Audio, codes: np.ndarray | None) -> Any:
-        """Returns an object with ``emotion`` (str) and ``to_dict()``."""
+        """Returns an object with ``label`` (the emotion heard, a str) and ``to_dict()``."""
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ class Loudness:
     """How loud the user spoke: RMS level in dBFS, and the emotion it suggests."""
 
     rms_dbfs: float
-    emotion: str
+    label: str
 
     def to_dict(self) -> dict:
         return asdict(self)

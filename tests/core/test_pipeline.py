@@ -36,11 +36,11 @@ class ToneTokenizer:
 
 class LoudnessSentiment:
     class Result:
-        def __init__(self, emotion):
-            self.emotion = emotion
+        def __init__(self, label):
+            self.label = label
 
         def to_dict(self):
-            return {"emotion": self.emotion}
+            return {"label": self.label}
 
     def analyze(self, audio, codes):
         return self.Result("excited" if codes.mean() > 200 else "calm")
@@ -48,7 +48,7 @@ class LoudnessSentiment:
 
 class EchoLlm:
     def reply(self, request):
-        emotion = request.sentiment.emotion if request.sentiment else "neutral"
+        emotion = request.sentiment.label if request.sentiment else "neutral"
         return Reply(text=f"you said {request.transcript}", emotion=emotion)
 
 
@@ -130,7 +130,7 @@ def test_audio_turn_runs_every_stage_in_order(plugins, stages):
         turn = pipeline.turn(audio=loud_speech(), on_audio=chunks.append)
     assert [t.stage for t in turn.metrics.stages] == ["tokenizer", "transcriber", "sentiment", "llm", "tts"]
     assert turn.codes.shape == (32, 12)  # 1 s at 24 kHz = 12 whole frames
-    assert turn.transcript == "hello there" and turn.sentiment.emotion == "excited"
+    assert turn.transcript == "hello there" and turn.sentiment.label == "excited"
     assert turn.reply.text == "you said hello there" and turn.reply.emotion == "excited"
     # the emotion map chose the sampling parameters
     assert (turn.params.temperature, turn.params.top_k) == (0.9, 35)

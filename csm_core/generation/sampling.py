@@ -1,0 +1,80 @@
+"""Choosing the next code from logits: greedy, temperature, top-k and top-p (nucleus) sampling.
+
+All functions take logits [B,V] (any float dtype, any device) and return codes [B] int64 on the same
+device. Randomness comes only from the ``torch.Generator`` passed in, so a seed fixes the result on a
+given device (CPU and CUDA generators produce different streams).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["SamplingParams", "sample", "filter_logits"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick a code from logits.
+
+    ``temperature`` 0 (or ``top_k`` 1) is greedy: the argmax. Otherwise logits are divided by
+    ``temperature``, restricted to the ``top_k`` largest (None: no limit) and then to the smallest set
+    whose probability reaches ``top_p`` (None or 1.0: no limit), and one code is drawn. Defaults are
+    Sesame's generator's (temperature 0.9, top-k 50).
+
+    ``code_limit`` restricts every choice to codes below it: CSM's heads score 2051 codes, but Mimi
+    decodes only 2048, and untrained (random-weight) models do pick the others. None: no limit.
+    """
+
+    temperature: float = 0.9
+    top_k: int | None = 50
+    top_p: float | None = None
+    code_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"SamplingParams.temperature={t!r}: must be a finite number >= 0 (0 means greedy)")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"SamplingParams.top_k={k!r}: must be an integer >= 1, or None for no limit")
+        p = self.top_p
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
+            raise ValueError(f"SamplingParams.top_p={p!r}: must be in (0, 1], or None for no limit")
+        c = self.code_limit
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ValueError(f"SamplingParams.code_limit={c!r}: must be an integer >= 1, or None for no limit")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Float32 scores [B,V]: ``logits / temperature`` with codes outside top-k / top-p set to ``-inf``."""
+    scores = logits.float() / params.temperature
+    if params.top_k is not None and params.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p is not None and params.top_p < 1:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        # Drop a code when the codes ranked above it already reach top_p (the best code always stays).
+        drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.empty_like(scores).scatter_(-1, order, sorted_scores)
+    return scores
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Codes [B] int64 drawn from ``logits`` [B,V] under ``params`` (argmax when ``params.greedy``)."""
+    if logits.ndim != 2:
+        raise ValueError(f"sample: logits must be [B,V], got shape {tuple(logits.shape)}")
+    if params.code_limit is not None:
+        logits = logits[:, : params.code_limit]
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, params).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
