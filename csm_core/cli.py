@@ -259,6 +259,51 @@ def run(
     _print_turn(turn, output, as_json)
 
 
+@app.command()
+def export(
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Backend whose artifacts to build.")] = "onnxruntime",
+    model_path: ModelPath = None,
+    model_flavor: ModelFlavor = None,
+    preset: Preset = None,
+    device: Device = None,
+    config: ConfigFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Build a backend's artifacts ahead of time (ONNX graphs, TensorRT engines) into the cache."""
+    _logging(verbose)
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from csm_core.plugins import Plugins
+        from csm_core.records import StageContext
+        from csm_core.registry import Registry
+
+        settings = _settings(**locals())
+        registry = Registry.collect(Plugins.from_environment())
+        record = registry.backend(backend)
+        if record.prepare is None:
+            _fail(f"backend {backend!r} has nothing to build ahead of time: it runs the PyTorch modules as they are")
+        record.check()
+        context = StageContext(stage="tts", settings=settings, registry=registry, backend=record,
+                               log=logging.getLogger(f"csm.export.{backend}"))
+        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True)) as progress:
+            task = progress.add_task(f"exporting for {backend}", total=None)
+
+            def report(description: str, completed: int, total: int) -> None:
+                progress.update(task, description=description, completed=completed, total=total)
+
+            paths = record.prepare(context, report)
+    except CsmError as exc:
+        _fail(str(exc))
+    for event in context.events:
+        typer.echo(f"note: {event}")
+    for path in paths:
+        typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     app()
 

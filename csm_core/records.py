@@ -28,7 +28,9 @@ class Backend:
     ``factory(module, context) -> engine``: ``module`` is the component's PyTorch module (the source of
     the weights), ``context`` a :class:`StageContext`. ``check()`` returns nothing when the backend can
     run here and raises :class:`csm_core.errors.BackendUnavailable` saying what is missing otherwise;
-    it must be cheap and must not load models.
+    it must be cheap and must not load models. ``prepare(context, progress)``, when given, builds the
+    backend's artifacts ahead of time (ONNX graphs, TensorRT engines) for ``csmctl export`` and returns
+    the paths written; ``progress(description, completed, total)`` reports how far it is.
     """
 
     name: str
@@ -36,6 +38,7 @@ class Backend:
     check: Callable[[], None]
     description: str = ""
     devices: tuple[str, ...] = ("cpu",)
+    prepare: Callable[["StageContext", Callable[[str, int, int], None]], list] | None = None
 
     def __post_init__(self) -> None:
         _check_name(self, self.name)

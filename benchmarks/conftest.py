@@ -1,0 +1,50 @@
+"""Shared pieces of the benchmarks: the models under test, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the benchmarks need the torch extra")
+
+BENCH_PRESET = os.environ.get("CSM_BENCH_PRESET", "small")
+BENCH_FRAMES = int(os.environ.get("CSM_BENCH_FRAMES", "24"))  # 24 frames = 1.92 s of audio
+BENCH_THREADS = int(os.environ.get("CSM_BENCH_THREADS", str(torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    torch.set_num_threads(BENCH_THREADS)
+
+
+@pytest.fixture(scope="session")
+def preset_model():
+    """(args, our Csm, its text tokenizer) for the benchmark preset, random weights, seed 0."""
+    from csm_pytorch.presets import build_preset
+
+    model, tokenizer = build_preset(BENCH_PRESET, seed=0)
+    return model.args, model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def prompt(preset_model):
+    from csm_core.generation import build_prompt
+
+    args, _, tokenizer = preset_model
+    return build_prompt(
+        [], 0, "The benchmark sentence is spoken the same way on every backend.", tokenizer,
+        num_codebooks=args.num_codebooks, max_frames=BENCH_FRAMES, max_positions=args.max_seq_len,
+    )
+
+
+def record_rate(benchmark, frames: int, audio_seconds_per_frame: float = 0.08) -> None:
+    """Store frames per second and real-time factor of the mean round in the benchmark's extra_info."""
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info.update(
+        frames=frames,
+        frames_per_second=frames / mean,
+        real_time_factor=mean / (frames * audio_seconds_per_frame),
+        preset=BENCH_PRESET,
+        threads=torch.get_num_threads(),
+    )
