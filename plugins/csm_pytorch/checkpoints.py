@@ -25,7 +25,6 @@ which is what Sesame's generator uses. Nothing here downloads anything.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
@@ -33,6 +32,7 @@ from typing import Literal, Mapping
 import torch
 
 from csm_core.errors import CsmError
+from csm_core.hf_cache import hf_hub_cache_dir
 from csm_pytorch.convert import (
     StateDictMismatch,
     args_from_sesame_config,
@@ -114,21 +114,6 @@ class LoadedCheckpoint:
 
 # --------------------------------------------------------------------------------------------------
 # Discovery
-
-
-def hf_hub_cache_dir() -> Path:
-    """The Hugging Face hub cache as ``huggingface_hub`` resolves it, read from the environment *now*.
-
-    ``HF_HUB_CACHE``, else the older ``HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
-    ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``.
-    """
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(name):
-            return Path(os.environ[name]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
 def hf_cached_snapshot(repo_id: str, hf_cache: str | Path | None = None, required: tuple[str, ...] = WEIGHT_FILES) -> Path | None:

@@ -23,6 +23,7 @@ from transformers import MimiConfig, MimiModel
 from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
 
 from csm_core.errors import CsmError
+from csm_core.hf_cache import hf_hub_cache_dir
 from csm_pytorch.mimi_streaming import MimiDecoderState, MimiStreamingDecoder
 
 __all__ = [
@@ -110,17 +111,6 @@ def save_random_mimi(preset: str, directory: str | os.PathLike, seed: int = 0) -
 
 
 # --------------------------------------------------------------------------------------------- loading
-def _hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, from the environment at call time (as huggingface_hub resolves it)."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.path.expandvars(os.environ[var])).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
-    )
-    return Path(os.path.expandvars(home)).expanduser() / "hub"
-
-
 def _is_checkpoint(directory: Path) -> bool:
     return (directory / CONFIG_NAME).is_file() and (directory / WEIGHTS_NAME).is_file()
 
@@ -145,7 +135,7 @@ def find_mimi(
             return directory
         looked.append(f"{directory} (model_path: needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     else:
-        repo_dir = Path(cache_dir).expanduser() if cache_dir else _hub_cache_dir()
+        repo_dir = Path(cache_dir).expanduser() if cache_dir else hf_hub_cache_dir()
         repo_dir = repo_dir / ("models--" + repo_id.replace("/", "--"))
         snapshots = repo_dir / "snapshots"
         ref = repo_dir / "refs" / "main"
