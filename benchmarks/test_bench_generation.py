@@ -1,4 +1,5 @@
-"""Whole-utterance generation: our PyTorch backend against transformers' reference, on the same weights.
+"""Whole-utterance generation on the same weights: transformers' reference, our PyTorch backend, and
+our ONNX Runtime backend (the same frame loop driving ONNX Runtime sessions).
 
 Both run greedy for exactly ``BENCH_FRAMES`` frames (no end-of-speech: random weights never emit the
 all-zero frame, and our silence guard is off), so they do identical work. Compare with
@@ -58,4 +59,27 @@ def test_generate_transformers_reference(benchmark, preset_model, prompt):
 
     codes = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
     assert codes.shape[1] == BENCH_FRAMES
+    record_rate(benchmark, BENCH_FRAMES)
+
+
+def test_generate_csm_multi_onnxruntime(benchmark, preset_model, prompt, tmp_path_factory):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import logging
+
+    from csm_core.config import Settings
+    from csm_core.generation import FrameEmbedder, SamplingParams, generate_codes
+    from csm_core.records import StageContext
+    from csm_onnxruntime.engines import OnnxCsmEngines
+
+    _, model, _ = preset_model
+    settings = Settings(backend="onnxruntime", device="cpu", cache_dir=tmp_path_factory.mktemp("onnx"))
+    context = StageContext(stage="tts", settings=settings, registry=None, log=logging.getLogger("csm.bench"))
+    engines, embedder = OnnxCsmEngines(model, context), FrameEmbedder.from_model(model)
+
+    def run():
+        return generate_codes(engines, embedder, prompt, max_frames=BENCH_FRAMES,
+                              sampling=SamplingParams(temperature=0.0), silence_guard=None)
+
+    codes = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    assert codes.shape[-1] == BENCH_FRAMES
     record_rate(benchmark, BENCH_FRAMES)

@@ -37,8 +37,11 @@ def runtime_checks() -> list[Check]:
 
     checks = []
     versions = {name: _version(dist) for name, dist in RUNTIMES.items()}
-    for name, version in versions.items():
-        checks.append(Check(name, version is not None, version or "not installed"))
+    for name in ("torch", "transformers"):
+        checks.append(Check(name, versions[name] is not None, versions[name] or "not installed"))
+    providers = [f"{dist} {versions[dist]}" for dist in ("onnxruntime-gpu", "onnxruntime") if versions[dist]]
+    checks.append(Check("onnxruntime", bool(providers), ", ".join(providers) or "not installed"))
+    checks.append(Check("tensorrt", versions["tensorrt"] is not None, versions["tensorrt"] or "not installed"))
     if versions["onnxruntime"] and versions["onnxruntime-gpu"]:
         checks.append(
             Check(
@@ -53,6 +56,11 @@ def runtime_checks() -> list[Check]:
     usable, reason = cuda_status() if versions["torch"] else (False, "torch is not installed")
     checks.append(Check("cuda", usable, reason))
     return checks
+
+
+def usable_backends(registry: Registry) -> list[str]:
+    """The names of the registered backends whose ``check()`` passes here."""
+    return [check.name.removeprefix("backend ") for check in backend_checks(registry) if check.ok]
 
 
 def backend_checks(registry: Registry) -> list[Check]:

@@ -24,7 +24,7 @@ from csm_core.audio import MIMI_SAMPLE_RATE, Audio
 from csm_core.config import Settings
 from csm_core.conversation import Conversation
 from csm_core.emotion import speech_params
-from csm_core.errors import CsmError
+from csm_core.errors import BackendUnavailable, CsmError
 from csm_core.metrics import StageTiming, TurnMetrics, peak_rss_bytes
 from csm_core.plugins import Plugins
 from csm_core.records import StageContext
@@ -118,7 +118,15 @@ class Pipeline:
                         f"{backend.name!r} does not provide; choose a backend that does "
                         f"(`csmctl doctor` lists them)"
                     )
-                backend.check()
+                try:
+                    backend.check()
+                except BackendUnavailable as exc:
+                    from csm_core.doctor import usable_backends
+
+                    usable = usable_backends(self.registry)
+                    raise BackendUnavailable(
+                        f"{exc}. Backends usable here: {', '.join(usable) or 'none'} (see `csmctl doctor`)"
+                    ) from None
 
     def stage(self, kind: str) -> Any:
         """The stage object for ``kind``, built on first use."""

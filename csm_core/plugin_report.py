@@ -47,7 +47,7 @@ def render_plugin_report(report: dict, show_tracebacks: bool = False) -> None:
     console = Console()
     table = Table(title="csm-multi plugins", title_justify="left")
     for column in ("plugin", "version", "hooks", "registered"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for plugin in report["plugins"]:
         version = plugin["version"] or "-"
         if plugin["distribution"] and plugin["distribution"] != plugin["name"]:

@@ -1,4 +1,6 @@
-"""Hooks of the in-tree listening plugin: the ``prosody`` sentiment analyzer."""
+"""Hooks of the in-tree listening plugin: the ``whisper`` transcriber, the ``prosody`` sentiment analyzer
+and the ``transformers`` reply model. The stage modules that import torch load only when a pipeline
+builds them."""
 
 from __future__ import annotations
 
@@ -37,5 +39,39 @@ def register_sentiment_analyzers(register):
             name="prosody",
             factory=ProsodySentiment,
             description="energy, YIN pitch, speaking rate, pauses and Mimi code statistics -> emotion",
+        )
+    )
+
+
+def _whisper(context):
+    from csm_listen.transcriber import WhisperTranscriber
+
+    return WhisperTranscriber(context)
+
+
+def _reply_model(context):
+    from csm_listen.reply_llm import TransformersReplyModel
+
+    return TransformersReplyModel(context)
+
+
+@hookimpl
+def register_transcribers(register):
+    register(
+        StageImpl(
+            name="whisper",
+            factory=_whisper,
+            description="Whisper (transformers) speech to text: greedy, 16 kHz, 30 s windows",
+        )
+    )
+
+
+@hookimpl
+def register_llms(register):
+    register(
+        StageImpl(
+            name="transformers",
+            factory=_reply_model,
+            description="any transformers causal chat LM, answering {emotion, reply} as JSON",
         )
     )

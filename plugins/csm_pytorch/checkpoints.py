@@ -32,7 +32,7 @@ from typing import Literal, Mapping
 import torch
 
 from csm_core.errors import CsmError
-from csm_core.hf_cache import hf_hub_cache_dir
+from csm_core.hf_cache import hf_cached_snapshot, hf_hub_cache_dir, hf_repo_folder
 from csm_pytorch.convert import (
     StateDictMismatch,
     args_from_sesame_config,
@@ -116,32 +116,6 @@ class LoadedCheckpoint:
 # Discovery
 
 
-def hf_cached_snapshot(repo_id: str, hf_cache: str | Path | None = None, required: tuple[str, ...] = WEIGHT_FILES) -> Path | None:
-    """A snapshot directory of ``repo_id`` in the Hugging Face cache that holds one of ``required``.
-
-    The snapshot that ``refs/main`` names first (found with ``huggingface_hub.try_to_load_from_cache``),
-    then any other snapshot, newest first (a cache filled with ``--revision`` has no ``refs/main``).
-    Offline only: never downloads. ``None`` when there is none.
-    """
-    from huggingface_hub import try_to_load_from_cache
-
-    cache = Path(hf_cache).expanduser() if hf_cache is not None else hf_hub_cache_dir()
-    for filename in required:
-        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(cache))
-        if isinstance(found, str):
-            return Path(found).parent
-    snapshots = _hf_repo_folder(repo_id, cache) / "snapshots"
-    if snapshots.is_dir():
-        for snapshot in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-            if any((snapshot / name).is_file() for name in required):
-                return snapshot
-    return None
-
-
-def _hf_repo_folder(repo_id: str, cache: Path) -> Path:
-    return cache / ("models--" + repo_id.replace("/", "--"))
-
-
 def _holds_weights(directory: Path) -> bool:
     return directory.is_dir() and any((directory / name).is_file() for name in WEIGHT_FILES)
 
@@ -182,8 +156,8 @@ def find_checkpoint(
             if _holds_weights(candidate):
                 return candidate
     cache = Path(hf_cache).expanduser() if hf_cache is not None else hf_hub_cache_dir()
-    looked_at.append(f"Hugging Face cache {_hf_repo_folder(repo_id, cache)} (snapshot of refs/main, then any other)")
-    snapshot = hf_cached_snapshot(repo_id, cache)
+    looked_at.append(f"Hugging Face cache {hf_repo_folder(repo_id, cache)} (snapshot of refs/main, then any other)")
+    snapshot = hf_cached_snapshot(repo_id, cache, required=WEIGHT_FILES)
     if snapshot is not None:
         return snapshot
     places = "\n".join(f"  - {place}" for place in looked_at)
@@ -376,7 +350,7 @@ def load_text_tokenizer(path: str | Path, hf_cache: str | Path | None = None) ->
             cache = Path(hf_cache) if hf_cache is not None else hf_hub_cache_dir()
             raise CheckpointError(
                 f"no text tokenizer: {directory} has no {TOKENIZER_FILE} and the Hugging Face cache "
-                f"{_hf_repo_folder(LLAMA_TOKENIZER_REPO_ID, cache)} has none either. CSM uses the Llama-3.2 "
+                f"{hf_repo_folder(LLAMA_TOKENIZER_REPO_ID, cache)} has none either. CSM uses the Llama-3.2 "
                 f"tokenizer: accept its licence at https://huggingface.co/{LLAMA_TOKENIZER_REPO_ID} and run "
                 f"`huggingface-cli download {LLAMA_TOKENIZER_REPO_ID} tokenizer.json tokenizer_config.json`, "
                 f"or copy its tokenizer.json into {directory}"

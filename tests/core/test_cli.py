@@ -103,3 +103,10 @@ def test_out_of_tree_example_plugin_installs_and_is_discovered(tmp_path):
     # the allowlist can pick it alone, by entry-point name
     only = json.loads(csmctl("plugins", "--json", env={**env, "CSM_LOAD_PLUGINS": "loudness"}).stdout)
     assert [p["name"] for p in only["plugins"]] == ["loudness"]
+
+
+def test_unusable_backend_says_what_is_missing_and_what_is_usable(tmp_path):
+    result = csmctl("say", "hi", "--backend", "tensorrt", "--preset", "tiny", "-o", str(tmp_path / "o.wav"))
+    assert result.returncode == 2
+    assert "the tensorrt package is not installed" in result.stderr
+    assert "Backends usable here: onnxruntime, pytorch" in result.stderr

@@ -1,0 +1,243 @@
+"""Engines of the onnxruntime backend (:mod:`csm_core.components` interfaces) over exported graphs.
+
+The CSM engines run with IO binding: inputs, outputs and the key/value caches are torch tensors whose
+data pointers are bound directly, so nothing is copied to the host per step. Each cache exists twice
+(ping-pong): a call reads ``past`` from one set and writes ``present`` into the other, then they swap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from csm_core.errors import CsmError
+from csm_core.records import StageContext
+from csm_onnxruntime.artifacts import ArtifactSpec, ensure_artifact, weights_hash
+from csm_onnxruntime.export import EXPORTER, OPSET, csm_cache_shape, export_csm_part, export_mimi_decoder_step
+from csm_onnxruntime.graphs import cache_names
+from csm_onnxruntime.session import SessionOptions, create_session
+
+NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+CODEC_SAMPLE_RATE = 24_000  # CSM's codes are Mimi's, at 24 kHz
+
+
+def cache_dir(context: StageContext) -> Path:
+    return context.settings.resolved_cache_dir() / "onnx"
+
+
+def requested_device(context: StageContext, module) -> str:
+    """``cuda``/``cuda:N`` when the config asks for it, else the device the module's weights are on."""
+    wanted = context.settings.device
+    if wanted.startswith("cuda"):
+        return wanted
+    return str(next(module.parameters()).device.type)
+
+
+def _open_graph(context, spec: ArtifactSpec, build, device: str):
+    artifact = ensure_artifact(cache_dir(context), spec, build, context.report)
+    options = SessionOptions.from_options(context.settings.options.get("onnxruntime"))
+    session, used = create_session(
+        artifact.path, artifact.sha256, device, options,
+        allow_fallback=context.settings.allow_fallback, report=context.report,
+    )
+    return session, used, artifact
+
+
+def _bind(binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
+    device_type = "cuda" if tensor.is_cuda else "cpu"
+    device_id = tensor.device.index or 0
+    bind = binding.bind_output if output else binding.bind_input
+    bind(name, device_type, device_id, NUMPY_TYPES[tensor.dtype], list(tensor.shape), tensor.data_ptr())
+
+
+class _CachedGraphs:
+    """Sessions sharing one ping-pong pair of KV-cache buffer sets, run with IO binding."""
+
+    def __init__(self, sessions: dict, layers: int, shape, dtype, device, batch_size: int, outputs: dict[str, int]):
+        self.sessions = sessions
+        self.past_names, self.present_names = cache_names(layers)
+        self.buffers = [[torch.zeros(shape, dtype=dtype, device=device) for _ in self.past_names] for _ in range(2)]
+        self.current = 0
+        self.batch_size = batch_size
+        self.dtype, self.device = dtype, device
+        self.outputs = outputs  # output name -> last dim
+
+    def reset(self) -> None:
+        for buffers in self.buffers:
+            for b in buffers:
+                b.zero_()
+
+    def run(self, graph: str, x: torch.Tensor, positions: torch.Tensor) -> list[torch.Tensor]:
+        if x.ndim != 3 or x.shape[0] != self.batch_size or positions.shape != x.shape[:2]:
+            raise ValueError(
+                f"onnxruntime engine: inputs_embeds {tuple(x.shape)} / position_ids {tuple(positions.shape)} must be "
+                f"[{self.batch_size}, T, D] / [{self.batch_size}, T] (the batch size the graphs were exported for)"
+            )
+        x = x.to(self.device, self.dtype).contiguous()
+        positions = positions.to(self.device, torch.int64).contiguous()
+        session = self.sessions[graph]
+        binding = session.io_binding()
+        _bind(binding, "inputs_embeds", x)
+        _bind(binding, "position_ids", positions)
+        past, present = self.buffers[self.current], self.buffers[1 - self.current]
+        for name, tensor in zip(self.past_names, past):
+            _bind(binding, name, tensor)
+        results = []
+        for name, width in self.outputs.items():
+            out = torch.empty(self.batch_size, width, dtype=self.dtype, device=self.device)
+            _bind(binding, name, out, output=True)
+            results.append(out)
+        for name, tensor in zip(self.present_names, present):
+            _bind(binding, name, tensor, output=True)
+        session.run_with_iobinding(binding)
+        self.current = 1 - self.current
+        return results
+
+
+class OnnxBackbone:
+    """:class:`~csm_core.components.BackboneEngine`: ``backbone_prefill`` (dynamic T) and ``backbone_step`` (T=1)."""
+
+    def __init__(self, graphs: _CachedGraphs, max_positions: int) -> None:
+        self.graphs = graphs
+        self.max_positions = max_positions
+
+    def reset(self) -> None:
+        self.graphs.reset()
+
+    def prefill(self, embeds: torch.Tensor, positions: torch.Tensor):
+        hidden, logits = self.graphs.run("backbone_prefill", embeds, positions)
+        return hidden, logits
+
+    def step(self, embed: torch.Tensor, position: torch.Tensor):
+        graph = "backbone_step" if embed.shape[1] == 1 else "backbone_prefill"
+        hidden, logits = self.graphs.run(graph, embed, position)
+        return hidden, logits
+
+
+class OnnxDepthDecoder:
+    """:class:`~csm_core.components.DepthDecoderEngine` over the ``decoder`` graph (T of 1 or 2)."""
+
+    def __init__(self, graphs: _CachedGraphs) -> None:
+        self.graphs = graphs
+
+    def reset(self) -> None:
+        self.graphs.reset()
+
+    def step(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > 2:
+            raise ValueError(f"depth decoder: T={x.shape[1]}; the decoder graph takes 1 or 2 positions per call")
+        return self.graphs.run("decoder", x, positions)[0]
+
+
+def csm_spec(model, graph: str, whash: str, batch_size: int) -> ArtifactSpec:
+    a = model.args
+    part = "decoder" if graph == "decoder" else "backbone"
+    dtype = str(model.codebook0_head.weight.dtype).removeprefix("torch.")
+    return ArtifactSpec(
+        component=f"csm_{graph}",
+        weights_hash=whash,
+        export={"exporter": EXPORTER, "opset": OPSET, "batch_size": batch_size, "dtype": dtype},
+        facts={"sample_rate": CODEC_SAMPLE_RATE, "codebooks": a.num_codebooks,
+               "cache_size": csm_cache_shape(model, part, batch_size)[2]},
+    )
+
+
+CSM_GRAPHS = ("backbone_prefill", "backbone_step", "decoder")
+
+
+class OnnxCsmEngines:
+    """The ``csm`` component on onnxruntime: ``.backbone`` and ``.decoder``, exported on first use."""
+
+    def __init__(self, model, context: StageContext, batch_size: int = 1) -> None:
+        device = requested_device(context, model)
+        whash = weights_hash(model)
+        sessions, used, self.artifacts = {}, device, []
+        for graph in CSM_GRAPHS:
+            spec = csm_spec(model, graph, whash, batch_size)
+            build = lambda path, graph=graph: export_csm_part(model, graph, path, batch_size)  # noqa: E731
+            sessions[graph], used, artifact = _open_graph(context, spec, build, device)
+            self.artifacts.append(artifact)
+        a = model.args
+        dtype = model.codebook0_head.weight.dtype
+        tensor_device = torch.device(used if used.startswith("cuda") else "cpu")
+        self.backbone = OnnxBackbone(
+            _CachedGraphs(
+                {g: sessions[g] for g in CSM_GRAPHS[:2]}, a.backbone_layers, csm_cache_shape(model, "backbone", batch_size),
+                dtype, tensor_device, batch_size, {"hidden_states": a.backbone_dim, "logits": a.audio_vocab_size},
+            ),
+            a.max_seq_len,
+        )
+        self.decoder = OnnxDepthDecoder(
+            _CachedGraphs(
+                {"decoder": sessions["decoder"]}, a.decoder_layers, csm_cache_shape(model, "decoder", batch_size),
+                dtype, tensor_device, batch_size, {"logits": a.audio_vocab_size},
+            )
+        )
+        self.device = used
+
+
+class OnnxMimi:
+    """:class:`~csm_core.components.CodecEngine`: the streaming decoder as an ONNX graph.
+
+    ``decode`` runs the step graph over all frames from a fresh state. ``encode`` runs in PyTorch (the
+    encoder does not export, see :mod:`csm_onnxruntime.export`); this is reported once, on first use.
+    """
+
+    def __init__(self, mimi, context: StageContext, num_codebooks: int = 32, batch_size: int = 1) -> None:
+        from csm_pytorch.mimi import TorchMimi
+
+        self.torch = TorchMimi(mimi, num_codebooks)  # validation, encoder and the initial state
+        self.context = context
+        self.sample_rate = self.torch.sample_rate
+        self.frame_rate = self.torch.frame_rate
+        self.samples_per_frame = self.torch.samples_per_frame
+        self.codebook_size = self.torch.codebook_size
+        self.num_codebooks = num_codebooks
+        self.batch_size = batch_size
+        config = mimi.config
+        spec = ArtifactSpec(
+            component="mimi_decoder_step",
+            weights_hash=weights_hash(mimi),
+            export={"exporter": EXPORTER, "opset": OPSET, "batch_size": batch_size, "dtype": "float32"},
+            facts={"sample_rate": config.sampling_rate, "codebooks": num_codebooks,
+                   "cache_size": config.sliding_window or 0},
+        )
+        build = lambda path: export_mimi_decoder_step(mimi, num_codebooks, path, batch_size)  # noqa: E731
+        device = requested_device(context, mimi)
+        self.session, self.device, self.artifact = _open_graph(context, spec, build, device)
+        self.state_names = [i.name.removeprefix("state.") for i in self.session.get_inputs()[1:]]
+        self._encoder_reported = False
+
+    def encode(self, pcm: torch.Tensor) -> torch.Tensor:
+        if not self._encoder_reported:
+            self.context.report("onnxruntime: the Mimi encoder does not export to ONNX yet; encoding runs in PyTorch")
+            self._encoder_reported = True
+        return self.torch.encode(pcm)
+
+    def init_state(self, batch_size: int = 1):
+        if batch_size != self.batch_size:
+            raise ValueError(f"batch_size={batch_size}: the Mimi decoder graph was exported for batch {self.batch_size}")
+        return self.torch.init_state(batch_size)
+
+    def decode_step(self, codes: torch.Tensor, state):
+        from csm_pytorch.mimi_streaming import MimiDecoderState
+
+        if not isinstance(state, MimiDecoderState):
+            raise TypeError(f"state must be a MimiDecoderState from init_state(), got {type(state).__name__}")
+        codes = self.torch._check_codes(codes)
+        if codes.shape[0] != state.batch_size:
+            raise ValueError(f"codes has batch size {codes.shape[0]} but the state was made for {state.batch_size}")
+        tensors = state.tensors()
+        feed = {"codes": codes.cpu().numpy()}
+        feed.update({f"state.{n}": tensors[n].cpu().numpy() for n in self.state_names})
+        out = self.session.run(None, feed)
+        device = codes.device
+        new = MimiDecoderState.from_tensors(
+            {n: torch.from_numpy(v).to(device) for n, v in zip(self.state_names, out[1:])}
+        )
+        return torch.from_numpy(out[0]).to(device), new
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decode_step(codes, self.init_state(codes.shape[0]))[0]

@@ -1,0 +1,54 @@
+"""Hooks of the in-tree onnxruntime plugin: the ``onnxruntime`` backend for ``csm`` and ``codec``.
+
+Nothing here imports onnxruntime or torch: the factories import the modules that do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from csm_core import hookimpl
+from csm_core.errors import BackendUnavailable
+from csm_core.records import Backend
+
+INSTALL_HINT = "pip install 'csm-multi[onnx]'"
+
+
+def check() -> None:
+    """onnxruntime to run; onnx and onnxscript (and torch) to export the graphs."""
+    missing = [n for n in ("onnxruntime", "onnx", "onnxscript", "torch") if importlib.util.find_spec(n) is None]
+    if missing:
+        raise BackendUnavailable(f"the onnxruntime backend needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def _csm_engines(model, context):
+    from csm_onnxruntime.engines import OnnxCsmEngines
+
+    return OnnxCsmEngines(model, context)
+
+
+def _codec_engine(model, context):
+    from csm_onnxruntime.engines import OnnxMimi
+
+    return OnnxMimi(model, context)
+
+
+def prepare(context, progress):
+    """Export every graph of the configured weights ahead of time; returns the ONNX paths."""
+    from csm_onnxruntime.prepare import prepare_all
+
+    return prepare_all(context, progress)
+
+
+@hookimpl
+def register_backends(register):
+    register(
+        Backend(
+            name="onnxruntime",
+            engines={"csm": _csm_engines, "codec": _codec_engine},
+            check=check,
+            description="ONNX Runtime over exported graphs with explicit KV caches and IO binding",
+            devices=("cpu", "cuda"),
+            prepare=prepare,
+        )
+    )

@@ -1,0 +1,20 @@
+"""Ahead-of-time export (``csmctl export``): every graph of the configured weights into the cache."""
+
+from __future__ import annotations
+
+from csm_core.records import StageContext
+
+
+def prepare_all(context: StageContext, progress) -> list:
+    from csm_onnxruntime.engines import CSM_GRAPHS, OnnxCsmEngines, OnnxMimi
+    from csm_pytorch.sources import load_csm_weights, load_mimi_model
+
+    total = len(CSM_GRAPHS) + 1
+    progress("loading CSM weights", 0, total)
+    weights = load_csm_weights(context.settings, "cpu")
+    progress("exporting CSM backbone and depth decoder", 0, total)
+    csm = OnnxCsmEngines(weights.model, context)
+    progress("exporting the Mimi streaming decoder", len(CSM_GRAPHS), total)
+    codec = OnnxMimi(load_mimi_model(context.settings, "cpu"), context)
+    progress("done", total, total)
+    return [a.path for a in csm.artifacts] + [codec.artifact.path]

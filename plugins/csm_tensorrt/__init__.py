@@ -1,0 +1,5 @@
+"""In-tree plugin: the TensorRT backend (engines built from the ONNX Runtime backend's ONNX graphs).
+
+Only :mod:`csm_tensorrt.plugin` is imported at start-up; it imports nothing heavy. The modules that
+need ``tensorrt`` or ``torch`` import them inside their functions or are imported only by factories.
+"""
