@@ -16,12 +16,11 @@ from benchmarks.conftest import BENCH_FRAMES, record_rate
 pytestmark = pytest.mark.benchmark(group="generate", min_rounds=3, warmup=False)
 
 
-def test_generate_csm_multi_pytorch(benchmark, preset_model, prompt):
+def bench_frame_loop(benchmark, engines, model, prompt) -> None:
+    """Time the core's frame loop driving ``engines`` greedily for exactly BENCH_FRAMES frames."""
     from csm_core.generation import FrameEmbedder, SamplingParams, generate_codes
-    from csm_pytorch.model import TorchCsmEngines
 
-    _, model, _ = preset_model
-    engines, embedder = TorchCsmEngines(model), FrameEmbedder.from_model(model)
+    embedder = FrameEmbedder.from_model(model)
 
     def run():
         return generate_codes(engines, embedder, prompt, max_frames=BENCH_FRAMES,
@@ -30,6 +29,13 @@ def test_generate_csm_multi_pytorch(benchmark, preset_model, prompt):
     codes = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
     assert codes.shape[-1] == BENCH_FRAMES
     record_rate(benchmark, BENCH_FRAMES)
+
+
+def test_generate_csm_multi_pytorch(benchmark, preset_model, prompt):
+    from csm_pytorch.model import TorchCsmEngines
+
+    _, model, _ = preset_model
+    bench_frame_loop(benchmark, TorchCsmEngines(model), model, prompt)
 
 
 def test_generate_transformers_reference(benchmark, preset_model, prompt):
@@ -67,19 +73,10 @@ def test_generate_csm_multi_onnxruntime(benchmark, preset_model, prompt, tmp_pat
     import logging
 
     from csm_core.config import Settings
-    from csm_core.generation import FrameEmbedder, SamplingParams, generate_codes
     from csm_core.records import StageContext
     from csm_onnxruntime.engines import OnnxCsmEngines
 
     _, model, _ = preset_model
     settings = Settings(backend="onnxruntime", device="cpu", cache_dir=tmp_path_factory.mktemp("onnx"))
     context = StageContext(stage="tts", settings=settings, registry=None, log=logging.getLogger("csm.bench"))
-    engines, embedder = OnnxCsmEngines(model, context), FrameEmbedder.from_model(model)
-
-    def run():
-        return generate_codes(engines, embedder, prompt, max_frames=BENCH_FRAMES,
-                              sampling=SamplingParams(temperature=0.0), silence_guard=None)
-
-    codes = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
-    assert codes.shape[-1] == BENCH_FRAMES
-    record_rate(benchmark, BENCH_FRAMES)
+    bench_frame_loop(benchmark, OnnxCsmEngines(model, context), model, prompt)

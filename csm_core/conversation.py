@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from csm_core.atomic import write_atomic
 from csm_core.errors import CsmError
 from csm_core.stages import Segment
 
@@ -25,19 +24,9 @@ class Conversation:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: an interrupted save never leaves a half-written file behind."""
-        path = Path(path)
         payload = {"format": "csm-multi-conversation", "version": FORMAT_VERSION,
                    "segments": [segment.to_dict() for segment in self.segments]}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomic(path, json.dumps(payload))
 
     @classmethod
     def load(cls, path: str | Path) -> "Conversation":

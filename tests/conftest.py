@@ -17,8 +17,3 @@ def write_wav(tmp_path):
         return path
 
     return write
-
-
-def tone(frequency: float, seconds: float, sample_rate: int, amplitude: float = 0.5) -> np.ndarray:
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)

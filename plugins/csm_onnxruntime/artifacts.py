@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import csm_core
+from csm_core.atomic import write_atomic
 
 METADATA_PREFIX = "csm_multi."
 CHECKSUM_SUFFIX = ".sha256"
@@ -117,19 +118,6 @@ def problem_with(path: Path, spec: ArtifactSpec) -> str | None:
     return None
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ensure_artifact(
     directory: Path,
     spec: ArtifactSpec,
@@ -167,7 +155,7 @@ def ensure_artifact(
         # The checksum first: a model file without a matching checksum is never loaded.
         Path(str(path) + CHECKSUM_SUFFIX).unlink(missing_ok=True)
         os.replace(tmp, path)
-        _write_atomic_text(Path(str(path) + CHECKSUM_SUFFIX), sha + "\n")
+        write_atomic(Path(str(path) + CHECKSUM_SUFFIX), sha + "\n")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

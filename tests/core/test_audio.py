@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import tone
+from audio_signals import tone
 from csm_core.audio import Audio, WavStreamWriter, read_audio, write_wav
 from csm_core.errors import AudioError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import tone
+from audio_signals import tone
 from csm_core import hookimpl
 from csm_core.audio import Audio
 from csm_core.config import Settings
