@@ -39,6 +39,7 @@ def test_precedence_file_then_environment_then_flags(tmp_path):
         ("[generation]\ntop_p = 1.5\n", "generation.top_p", "less than or equal to 1"),
         ("[generation]\nmax_new_frames = 0\n", "generation.max_new_frames", "greater than or equal to 1"),
         ('device = "tpu"\n', "device", "must be auto, cpu, cuda or cuda:N"),
+        ("speaker = -1\n", "speaker", "greater than or equal to 0"),
         ('precision = "int3"\n', "precision", "'fp32', 'fp16' or 'bf16'"),
         ('[generation]\ntemprature = 0.5\n', "generation.temprature", "unknown setting"),
         ('[backends]\nvocoder = "onnxruntime"\n', "backends", "unknown stage 'vocoder'"),
