@@ -214,6 +214,17 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def plugin_options(settings: Settings, name: str, model: type[BaseModel]) -> BaseModel:
+    """The config table ``[options.<name>]`` validated by a plugin's own pydantic ``model``.
+
+    An invalid table raises :class:`ConfigError` naming the table, each field and the reason.
+    """
+    try:
+        return model(**settings.options.get(name, {}))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"[options.{name}]")) from None
+
+
 def load_settings(
     config_path: Path | str | None = None,
     overrides: Mapping[str, Any] | None = None,

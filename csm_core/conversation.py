@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from csm_core.atomic import write_atomic
+from csm_core.files import write_atomic
 from csm_core.errors import CsmError
 from csm_core.stages import Segment
 

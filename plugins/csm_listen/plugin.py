@@ -16,17 +16,10 @@ class ProsodySentiment:
     """
 
     def __init__(self, context):
-        from pydantic import ValidationError
-
-        from csm_core.config import format_validation_error
-        from csm_core.errors import ConfigError
+        from csm_core.config import plugin_options
         from csm_listen.sentiment import SentimentAnalyzer, SentimentSettings
 
-        try:
-            settings = SentimentSettings(**context.settings.options.get("prosody", {}))
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, "[options.prosody]")) from None
-        self.analyzer = SentimentAnalyzer(settings)
+        self.analyzer = SentimentAnalyzer(plugin_options(context.settings, "prosody", SentimentSettings))
 
     def analyze(self, audio, codes):
         return self.analyzer.analyze(audio.samples, audio.sample_rate, codes)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from csm_core.errors import ConfigError
 from csm_core.stages import Reply, ReplyRequest
@@ -38,13 +38,10 @@ class TransformersReplyModel:
     """``reply(request) -> Reply`` with any causal LM; built from a :class:`StageContext`."""
 
     def __init__(self, context):
-        from csm_core.config import format_validation_error
+        from csm_core.config import plugin_options
         from csm_listen.model_sources import resolve_model_dir, torch_placement
 
-        try:
-            self.options = TransformersLlmOptions(**context.settings.options.get("transformers", {}))
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, "[options.transformers]")) from None
+        self.options = plugin_options(context.settings, "transformers", TransformersLlmOptions)
         self.user_speaker = context.settings.user_speaker
         self.reply_speaker = context.settings.speaker
         self.model_dir: Path = resolve_model_dir(context.settings, "llm")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from csm_core.audio import Audio, validate_samples
 from csm_core.errors import AudioError, ConfigError
@@ -41,13 +41,10 @@ class WhisperTranscriber:
     """``transcribe(audio) -> str`` with a Whisper checkpoint; built from a :class:`StageContext`."""
 
     def __init__(self, context):
-        from csm_core.config import format_validation_error
+        from csm_core.config import plugin_options
         from csm_listen.model_sources import resolve_model_dir, torch_placement
 
-        try:
-            self.options = WhisperOptions(**context.settings.options.get("whisper", {}))
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, "[options.whisper]")) from None
+        self.options = plugin_options(context.settings, "whisper", WhisperOptions)
         self.model_dir: Path = resolve_model_dir(context.settings, "asr")
         self.device, self.dtype = torch_placement(context)
         self.processor, self.model = context.resource(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import csm_core
-from csm_core.atomic import write_atomic
+from csm_core.files import file_sha256, write_atomic
 
 METADATA_PREFIX = "csm_multi."
 CHECKSUM_SUFFIX = ".sha256"
@@ -36,14 +36,6 @@ def weights_hash(module) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

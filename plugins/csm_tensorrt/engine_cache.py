@@ -16,18 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from csm_core.atomic import write_atomic  # noqa: F401  (re-exported: tests and artifacts use it here)
+from csm_core.files import file_sha256, write_atomic  # noqa: F401  (re-exported: tests and artifacts use them here)
 
 SIDECAR_VERSION = 1
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def onnx_sha256(path: str | os.PathLike) -> str:
