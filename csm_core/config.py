@@ -225,6 +225,20 @@ def plugin_options(settings: Settings, name: str, model: type[BaseModel]) -> Bas
         raise ConfigError(format_validation_error(exc, f"[options.{name}]")) from None
 
 
+def apply_overrides(settings: Settings, overrides: Mapping[str, Any], source: str) -> Settings:
+    """``settings`` with dotted ``overrides`` (``{"generation.top_k": 20}``) applied and validated again.
+
+    An override that makes the config invalid raises :class:`ConfigError` naming ``source``.
+    """
+    data = settings.model_dump()
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
 def load_settings(
     config_path: Path | str | None = None,
     overrides: Mapping[str, Any] | None = None,

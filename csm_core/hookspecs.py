@@ -93,6 +93,17 @@ def register_optimizers(register):
     """
 
 
+@hookspec
+def at_safe_point(stage, device):
+    """A stage reached a point where no intermediate tensor of its work is alive (between two frames).
+
+    ``stage`` is the stage kind, ``device`` the torch device string its models run on (``"cpu"``,
+    ``"cuda:0"``). Stages that generate call it through ``StageContext.safe_point(device)`` after each
+    unit of work; optimizers implement it to release cached memory there. It must not change any
+    result and should be cheap: it runs once per generated frame.
+    """
+
+
 @hookspec(firstresult=True)
 def run_stage(stage, call, turn):
     """Run one stage of a conversation turn and return its result.

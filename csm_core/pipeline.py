@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from csm_core.audio import MIMI_SAMPLE_RATE, Audio
-from csm_core.config import Settings
+from csm_core.config import Settings, apply_overrides
 from csm_core.conversation import Conversation
 from csm_core.emotion import speech_params
 from csm_core.errors import BackendUnavailable, CsmError
@@ -84,6 +84,7 @@ class Pipeline:
         self._contexts: dict[str, StageContext] = {}
         self._resources: dict = {}  # shared by all stage contexts: models loaded once per pipeline
         self._optimizer_plugins: list[str] = []
+        self._pending_events: list[str] = []  # reported with the next turn's metrics
         self._enable_optimizers()
 
     # -- construction ---------------------------------------------------------------------------
@@ -92,16 +93,30 @@ class Pipeline:
             backend = self.registry.backend(self.settings.backend_for(stage))
             self._contexts[stage] = StageContext(
                 stage=stage, settings=self.settings, registry=self.registry, backend=backend,
-                log=logging.getLogger(f"csm.{stage}"), resources=self._resources,
+                log=logging.getLogger(f"csm.{stage}"), resources=self._resources, hook=self.plugins.hook,
             )
         return self._contexts[stage]
 
     def _enable_optimizers(self) -> None:
+        """Build each listed optimizer, apply the settings it asks for, register it as a plugin.
+
+        Settings overrides are applied in the order the config lists the optimizers (a later one wins
+        on the same field) and before any stage exists, so every stage is built with them.
+        """
         records = [self.registry.optimizer(name) for name in self.settings.optimizers]  # names first
-        # pluggy calls the last registered wrapper outermost... so register in reverse: the first
+        instances = [(record, record.factory(self._context("optimizer"))) for record in records]
+        for record, instance in instances:
+            configure = getattr(instance, "configure", None)
+            overrides = dict(configure(self.settings) or {}) if configure is not None else {}
+            if overrides:
+                self.settings = apply_overrides(self.settings, overrides, f"optimizer {record.name!r}")
+                for dotted, value in overrides.items():
+                    self._pending_events.append(f"optimizer {record.name} set {dotted} = {value!r}")
+                    log.info("optimizer %s set %s = %r", record.name, dotted, value)
+        self._contexts.clear()  # contexts made so far carry the settings from before the overrides
+        # pluggy calls the last registered wrapper outermost, so register in reverse: the first
         # optimizer listed in the config wraps all the others.
-        for record in reversed(records):
-            instance = record.factory(self._context("optimizer"))
+        for record, instance in reversed(instances):
             self._optimizer_plugins.append(self.plugins.register(instance, name=f"optimizer:{record.name}"))
 
     def require(self, *stages: str) -> None:
@@ -173,6 +188,7 @@ class Pipeline:
         """Text to speech with the configured voice; ``on_audio`` receives each chunk as it is made."""
         self.require("tts")
         turn = Turn(reply=Reply(text=text, emotion=emotion or "neutral"))
+        self._flush_events(turn)
         self._speak(turn, tuple(self.conversation.segments) if context is None else context, on_audio)
         return turn
 
@@ -186,6 +202,7 @@ class Pipeline:
             raise CsmError("a turn takes either audio or text, not both and not neither")
         self.require(*(AUDIO_STAGES if audio is not None else TEXT_STAGES))
         turn = Turn(transcript=text)
+        self._flush_events(turn)
         if audio is not None:
             turn.input_audio = audio.resampled(MIMI_SAMPLE_RATE)
             turn.codes = self._run("tokenizer", turn, lambda s: s.encode(turn.input_audio))
@@ -206,6 +223,10 @@ class Pipeline:
         self.conversation.add(user)
         self.conversation.add(Segment(self.settings.speaker, turn.reply.text, turn.reply_codes))
         return turn
+
+    def _flush_events(self, turn: Turn) -> None:
+        turn.metrics.events.extend(self._pending_events)
+        self._pending_events.clear()
 
     def _speak(self, turn: Turn, context: tuple[Segment, ...], on_audio: OnAudio | None) -> None:
         report = self._context("tts").report

@@ -71,8 +71,12 @@ class Optimizer:
 
     ``effect`` declares what it may change: ``"exact"`` ones must give identical codes to the
     unoptimized run; ``"approximate"`` ones state a quality bound in their ``description``.
-    ``factory(context)`` returns an object registered as a plugin while the pipeline lives (so it may
-    implement ``run_stage`` as a wrapper) and that may also offer methods the stages look for.
+    ``factory(context)`` returns an object that is registered as a plugin while the pipeline lives, so
+    it may implement hooks (``run_stage`` as a wrapper, ``at_safe_point``). The object may also have
+    ``configure(settings) -> Mapping[str, Any]``: dotted setting overrides (``{"precision": "bf16"}``,
+    ``{"options.prosody.amortize": True}``) that the pipeline applies before any stage loads, and
+    reports. An optimizer whose work lives in a backend or stage (selective precision, CUDA graphs)
+    switches it on this way, so the code stays with the component it changes.
     """
 
     name: str
@@ -97,6 +101,12 @@ class StageContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("csm"))
     events: list[str] = field(default_factory=list)
     resources: dict[Any, Any] = field(default_factory=dict)
+    hook: Any = None  # the plugin manager's hook relay, set by the pipeline
+
+    def safe_point(self, device: str) -> None:
+        """Tell plugins (optimizers) that no intermediate tensor is alive: call between frames."""
+        if self.hook is not None:
+            self.hook.at_safe_point(stage=self.stage, device=str(device))
 
     def resource(self, key: Any, build: Callable[[], Any]) -> Any:
         """A value shared by every stage of the pipeline (a loaded model, say), built on first use."""

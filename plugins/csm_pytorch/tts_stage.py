@@ -36,6 +36,7 @@ class CsmSpeaker:
     def __init__(self, context: StageContext):
         settings = context.settings
         self.settings = settings
+        self.context = context
         self.device = resolve_device(settings.device, settings.allow_fallback, context.report)
         weights = load_csm_weights(settings, self.device)
         context.log.info("CSM: %s on %s (backend %s)", weights.source, self.device, context.backend.name)
@@ -90,3 +91,5 @@ class CsmSpeaker:
                 samples=pcm[0, 0].float().cpu().numpy(),
                 codes=frame[0].cpu().numpy().astype(np.int64)[:, None],
             )
+            del pcm
+            self.context.safe_point(self.device)

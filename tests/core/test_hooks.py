@@ -132,3 +132,99 @@ def test_hook_run_stage():
     assert seen == [("llm", "hi"), ("tts", "hi")]
     assert turn.reply.text == "PLAIN"
     assert isinstance(turn.audio, Audio)
+
+
+class _ChunkTts:
+    """A TTS stage that speaks ``frames`` silent frames and reaches a safe point after each."""
+
+    sample_rate = 24000
+
+    def __init__(self, context, frames: int = 3):
+        self.context, self.frames = context, frames
+
+    def speak(self, request):
+        for _ in range(self.frames):
+            yield SpeechChunk(np.zeros(1920, dtype=np.float32), np.zeros((32, 1), dtype=np.int64))
+            self.context.safe_point("cpu")
+
+
+class _NumpyTtsPlugin:
+    @hookimpl
+    def register_backends(self, register):
+        register(Backend(name="numpy", engines={}, check=lambda: None))
+
+    @hookimpl
+    def register_tts(self, register):
+        register(StageImpl("csm", lambda ctx: _ChunkTts(ctx)))
+
+
+def test_hook_at_safe_point():
+    """An optimizer's ``at_safe_point`` runs once per frame the stage reports, with its device."""
+    calls = []
+
+    class Counter:
+        @hookimpl
+        def at_safe_point(self, stage, device):
+            calls.append((stage, device))
+
+    class Plugin(_NumpyTtsPlugin):
+        @hookimpl
+        def register_optimizers(self, register):
+            register(Optimizer(name="counter", factory=lambda ctx: Counter()))
+
+    plugins = Plugins()
+    plugins.register(Plugin(), name="under-test")
+    with Pipeline(Settings(backend="numpy", optimizers=["counter"]), plugins) as pipeline:
+        pipeline.speak("hello")
+    assert calls == [("tts", "cpu")] * 3
+    # Closing the pipeline unregistered the optimizer: its hook no longer runs.
+    with Pipeline(Settings(backend="numpy"), plugins) as pipeline:
+        pipeline.speak("hello")
+    assert len(calls) == 3
+
+
+def test_optimizer_configure_overrides_settings_before_stages_load():
+    seen = {}
+
+    class Greedy:
+        def configure(self, settings):
+            return {"generation.top_k": 3, "options.prosody.amortize": True}
+
+    class Plugin(_NumpyTtsPlugin):
+        @hookimpl
+        def register_optimizers(self, register):
+            register(Optimizer(name="greedy", factory=lambda ctx: Greedy()))
+
+        @hookimpl
+        def register_tts(self, register):
+            def build(ctx):
+                seen["top_k"] = ctx.settings.generation.top_k
+                seen["options"] = ctx.settings.options
+                return _ChunkTts(ctx)
+
+            register(StageImpl("csm", build))
+
+    plugins = Plugins()
+    plugins.register(Plugin(), name="under-test")
+    with Pipeline(Settings(backend="numpy", optimizers=["greedy"]), plugins) as pipeline:
+        turn = pipeline.speak("hello")
+    assert seen == {"top_k": 3, "options": {"prosody": {"amortize": True}}}
+    assert "optimizer greedy set generation.top_k = 3" in turn.metrics.events
+
+
+def test_optimizer_configure_with_an_invalid_value_names_the_optimizer():
+    from csm_core.errors import ConfigError
+
+    class Bad:
+        def configure(self, settings):
+            return {"generation.top_k": 0}
+
+    class Plugin(_NumpyTtsPlugin):
+        @hookimpl
+        def register_optimizers(self, register):
+            register(Optimizer(name="bad", factory=lambda ctx: Bad()))
+
+    plugins = Plugins()
+    plugins.register(Plugin(), name="under-test")
+    with pytest.raises(ConfigError, match=r"(?s)optimizer .bad.*generation.top_k"):
+        Pipeline(Settings(backend="numpy", optimizers=["bad"]), plugins)

@@ -1,0 +1,1 @@
+"""The in-tree optimizers: each a module holding one ``OPTIMIZER`` record and the object it builds."""
