@@ -3,7 +3,9 @@
     python -m benchmarks.report .benchmarks/Linux-CPython-3.11-64bit/0001_run.json
 
 Each row is one benchmark; ``speed-up`` is the group's slowest mean time divided by the row's, so
-every number compares runs of one session on one machine.
+every number compares runs of one session on one machine. Whole-turn rows (``test_bench_turn``) also
+show the multiple of the physical floor and, for optimized cells, the code agreement with the ``none``
+cell. ``csmctl bench`` writes its own, richer table (:mod:`csm_core.bench.report`).
 """
 
 from __future__ import annotations
@@ -27,15 +29,19 @@ def markdown(report: dict) -> str:
     ]
     for group, benches in sorted(groups.items()):
         slowest = max(b["stats"]["mean"] for b in benches)
-        lines += [f"### {group}", "", "| benchmark | mean (s) | frames/s | real-time factor | speed-up |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"### {group}", "",
+                  "| benchmark | mean (s) | frames/s | real-time factor | speed-up | x floor | code agreement |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for bench in sorted(benches, key=lambda b: b["stats"]["mean"]):
             info, mean = bench.get("extra_info", {}), bench["stats"]["mean"]
             fps = info.get("frames_per_second")
             rtf = info.get("real_time_factor")
+            x_floor = info.get("x_floor")
+            agreement = (info.get("quality") or {}).get("code_agreement")
             lines.append(
                 f"| {bench['name']} | {mean:.3f} | {'-' if fps is None else f'{fps:.1f}'} | "
-                f"{'-' if rtf is None else f'{rtf:.2f}'} | {slowest / mean:.2f}x |"
+                f"{'-' if rtf is None else f'{rtf:.2f}'} | {slowest / mean:.2f}x | "
+                f"{'-' if x_floor is None else f'{x_floor:.1f}'} | {'-' if agreement is None else f'{agreement:.3f}'} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -9,9 +9,8 @@ all-zero frame, and our silence guard is off), so they do identical work. Compar
 from __future__ import annotations
 
 import pytest
-import torch
 
-from benchmarks.conftest import BENCH_FRAMES, record_rate
+from benchmarks.conftest import BENCH_FRAMES, BENCH_PRESET, PROMPT_TEXT, record_rate
 
 pytestmark = pytest.mark.benchmark(group="generate", min_rounds=3, warmup=False)
 
@@ -38,45 +37,27 @@ def test_generate_csm_multi_pytorch(benchmark, preset_model, prompt):
     bench_frame_loop(benchmark, TorchCsmEngines(model), model, prompt)
 
 
-def test_generate_transformers_reference(benchmark, preset_model, prompt):
-    from transformers import CsmForConditionalGeneration, MimiConfig
+def test_generate_transformers_reference(benchmark, preset_model):
+    """The reference row: transformers' ``CsmForConditionalGeneration.generate`` on the same weights."""
+    from csm_core.bench.reference import ReferenceSession
 
-    from csm_pytorch import convert
-
-    args, model, _ = preset_model
-    codec = MimiConfig(hidden_size=16, num_filters=4, codebook_dim=8, vector_quantization_hidden_dimension=8,
-                       upsample_groups=16, num_hidden_layers=1, intermediate_size=16, num_attention_heads=2,
-                       num_key_value_heads=2, num_quantizers=args.num_codebooks, codebook_size=64)
-    config = convert.transformers_config_from_args(args, codec_config=codec)
-    reference = CsmForConditionalGeneration(config).eval()
-    state = convert.to_transformers_state_dict(model.state_dict(), args)
-    missing, unexpected = reference.load_state_dict(state, strict=False)
-    assert not unexpected and not [name for name in missing if not name.startswith("codec_model.")]
-    tokens, mask = prompt.tokens[None], prompt.mask[None]
-    with torch.no_grad():
-        text = reference.embed_text_tokens(tokens[..., -1])
-        audio = reference.backbone_model.embed_tokens(tokens[..., :-1])
-        inputs_embeds = torch.where(mask[..., :1], audio, text)
-
-    def run():
-        with torch.no_grad():
-            return reference.generate(inputs_embeds=inputs_embeds, max_new_tokens=BENCH_FRAMES,
-                                      do_sample=False, depth_decoder_do_sample=False)
-
-    codes = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
-    assert codes.shape[1] == BENCH_FRAMES
+    reference = ReferenceSession(BENCH_PRESET, PROMPT_TEXT, BENCH_FRAMES)
+    codes, _ = benchmark.pedantic(reference.generate, rounds=3, warmup_rounds=1)
+    assert codes.shape[-1] == BENCH_FRAMES
     record_rate(benchmark, BENCH_FRAMES)
 
 
-def test_generate_csm_multi_onnxruntime(benchmark, preset_model, prompt, tmp_path_factory):
+def test_generate_csm_multi_onnxruntime(benchmark, preset_model, prompt, matrix_runner):
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     import logging
 
-    from csm_core.config import Settings
+    from csm_core.bench.matrix import Cell
+    from csm_core.bench.session import cell_settings
     from csm_core.records import StageContext
     from csm_onnxruntime.engines import OnnxCsmEngines
 
     _, model, _ = preset_model
-    settings = Settings(backend="onnxruntime", device="cpu", cache_dir=tmp_path_factory.mktemp("onnx"))
+    # The whole-turn cells' settings (and cache): the graphs are exported once per weights.
+    settings = cell_settings(Cell(BENCH_PRESET, "onnxruntime"), matrix_runner.options)
     context = StageContext(stage="tts", settings=settings, registry=None, log=logging.getLogger("csm.bench"))
     bench_frame_loop(benchmark, OnnxCsmEngines(model, context), model, prompt)

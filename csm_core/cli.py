@@ -46,6 +46,10 @@ ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML
 Output = Annotated[Path, typer.Option("--output", "-o", help="WAV file to write.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what loads and runs.")]
+Optimizers = Annotated[
+    Optional[list[str]],
+    typer.Option("--optimizer", "-O", help="Enable an optimizer by name (repeat for several; see `csmctl plugins`)."),
+]
 
 
 def _settings(config: Path | None = None, **flags):
@@ -63,6 +67,7 @@ def _settings(config: Path | None = None, **flags):
         "speaker": flags.get("speaker"),
         "device": flags.get("device"),
         "backend": flags.get("backend"),
+        "optimizers": flags.get("optimizer") or None,
     }
     return load_settings(config, overrides)
 
@@ -99,25 +104,31 @@ def _speech_progress():
 
 
 def _write_speech(pipeline, output: Path, stream: bool, produce):
-    """Run ``produce(on_audio)``; with ``stream`` the WAV grows on disk as chunks arrive."""
+    """Run ``produce(on_audio)``; with ``stream`` the WAV grows on disk as chunks arrive.
+
+    The tts stage is asked for its sample rate only when the first chunk arrives, so a progressive
+    preload can still be loading it while the earlier stages of the turn run.
+    """
     from csm_core.audio import WavStreamWriter, write_wav
 
-    sample_rate = pipeline.stage("tts").sample_rate
     with _speech_progress() as progress:
         task = progress.add_task("generating speech", total=None)
-        writer = WavStreamWriter(output, sample_rate) if stream else None
+        writer: list = []
 
         def on_audio(samples):
+            sample_rate = pipeline.stage("tts").sample_rate
             progress.advance(task, len(samples) / sample_rate)
-            if writer is not None:
-                writer.write(samples)
+            if stream:
+                if not writer:
+                    writer.append(WavStreamWriter(output, sample_rate))
+                writer[0].write(samples)
 
         try:
             turn = produce(on_audio)
         finally:
-            if writer is not None:
-                writer.close()
-    if not stream:
+            if writer:
+                writer[0].close()
+    if not stream or not writer:
         write_wav(output, turn.audio)
     return turn
 
@@ -140,6 +151,8 @@ def _print_turn(turn, output: Path, as_json: bool) -> None:
     metrics = data["metrics"]
     for timing in metrics["stages"]:
         typer.echo(f"  {timing['stage']:<12} {timing['implementation']:<14} {timing['seconds']:.3f} s")
+    if metrics.get("startup_seconds") is not None:
+        typer.echo(f"start-up (models loaded): {metrics['startup_seconds']:.3f} s")
     if metrics["time_to_first_audio_s"] is not None:
         typer.echo(f"time to first audio: {metrics['time_to_first_audio_s']:.3f} s")
     if metrics["real_time_factor"] is not None:
@@ -202,6 +215,7 @@ def say(
     seed: Seed = None,
     device: Device = None,
     backend: Backend = None,
+    optimizer: Optimizers = None,
     config: ConfigFile = None,
     as_json: JsonOut = False,
     verbose: Verbose = False,
@@ -215,7 +229,7 @@ def say(
         if not text.strip():
             _fail("the text to say is empty")
         with Pipeline(settings) as pipeline:
-            pipeline.require("tts")
+            pipeline.preload(["tts"])
             turn = _write_speech(pipeline, output, stream, lambda on_audio: pipeline.speak(text, on_audio))
     except CsmError as exc:
         _fail(str(exc))
@@ -239,6 +253,7 @@ def run(
     seed: Seed = None,
     device: Device = None,
     backend: Backend = None,
+    optimizer: Optimizers = None,
     config: ConfigFile = None,
     as_json: JsonOut = False,
     verbose: Verbose = False,
@@ -254,13 +269,60 @@ def run(
         settings = _settings(**locals())
         audio = read_audio(input) if input is not None else None
         with Pipeline(settings) as pipeline:
-            pipeline.require(*(AUDIO_STAGES if audio is not None else TEXT_STAGES))
+            pipeline.preload(AUDIO_STAGES if audio is not None else TEXT_STAGES)
             turn = _write_speech(
                 pipeline, output, stream, lambda on_audio: pipeline.turn(audio=audio, text=text, on_audio=on_audio)
             )
     except CsmError as exc:
         _fail(str(exc))
     _print_turn(turn, output, as_json)
+
+
+@app.command()
+def chat(
+    input: Annotated[Optional[Path], typer.Argument(help="The user's speech (WAV, FLAC, any rate).")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="The user's words as text, instead of audio.")] = None,
+    state: Annotated[
+        Path, typer.Option("--state", "-s", help="The conversation's state file (created on the first turn).")
+    ] = Path("chat.json"),
+    output: Output = Path("reply.wav"),
+    model_path: ModelPath = None,
+    model_flavor: ModelFlavor = None,
+    preset: Preset = None,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    speaker: Speaker = None,
+    seed: Seed = None,
+    device: Device = None,
+    backend: Backend = None,
+    optimizer: Optimizers = None,
+    config: ConfigFile = None,
+    as_json: JsonOut = False,
+    verbose: Verbose = False,
+) -> None:
+    """One turn of a conversation kept in a state file: each turn adds to the next one's context."""
+    _logging(verbose)
+    if (input is None) == (text is None):
+        _fail("give the user's speech as INPUT or their words with --text (one of the two)")
+    try:
+        from csm_core.audio import MIMI_SAMPLE_RATE, read_audio, write_wav
+        from csm_core.chat import chat_turn
+
+        settings = _settings(**locals())
+        audio = read_audio(input) if input is not None else None
+        with _speech_progress() as progress:
+            task = progress.add_task("listening and replying", total=None)
+            done = chat_turn(state, settings, audio=audio, text=text,
+                             on_audio=lambda samples: progress.advance(task, len(samples) / MIMI_SAMPLE_RATE))
+        write_wav(output, done.turn.audio)
+    except CsmError as exc:
+        _fail(str(exc))
+    _print_turn(done.turn, output, as_json)
+    if not as_json:
+        verb = "started" if done.created else "updated"
+        typer.echo(f"{verb} {state} (turn {done.conversation.turns}, {len(done.conversation.segments)} segments)")
 
 
 @app.command()
@@ -306,6 +368,15 @@ def export(
         typer.echo(f"note: {event}")
     for path in paths:
         typer.echo(f"wrote {path}")
+
+
+def _bench_command():
+    from csm_core.bench.command import bench  # imports nothing heavy: the cells load models when they run
+
+    return bench
+
+
+app.command("bench")(_bench_command())
 
 
 def main() -> None:

@@ -7,11 +7,12 @@ and drives these engines unchanged. Tensors crossing these interfaces are ``torc
 engine's device: the tensor currency of the generation loop.
 
 Shapes use ``B`` batch, ``T`` positions, ``D`` backbone width, ``V`` audio vocabulary (2051 for CSM),
-``K`` codebooks (32), ``F`` codec frames, ``N`` samples.
+``K`` codebooks (32), ``F`` codec frames, ``N`` samples; for the reply LM, ``V`` is its text vocabulary.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # torch is imported only where tensors are computed
@@ -20,7 +21,8 @@ if TYPE_CHECKING:  # torch is imported only where tensors are computed
 # The component kinds a backend may provide engines for (``Backend.engines`` keys).
 CSM = "csm"  # -> CsmEngines(backbone, decoder)
 CODEC = "codec"  # -> CodecEngine
-COMPONENT_KINDS = (CSM, CODEC)
+CAUSAL_LM = "causal_lm"  # module: a CausalLm record -> CausalLmEngine
+COMPONENT_KINDS = (CSM, CODEC, CAUSAL_LM)
 
 
 @runtime_checkable
@@ -94,3 +96,37 @@ class CodecEngine(Protocol):
         ``codes`` [B,K,F] -> (pcm [B,1,F*samples_per_frame], new state). Concatenating the outputs of
         successive calls equals :meth:`decode` of the concatenated codes.
         """
+
+
+@dataclass(frozen=True)
+class CausalLm:
+    """What a stage hands ``context.engine("causal_lm", ...)``: the model and the size of its cache.
+
+    ``model`` is a transformers causal LM (``...ForCausalLM``, the source of the weights);
+    ``max_positions`` is how many positions (prompt + answer) the engine's key/value cache holds.
+    """
+
+    model: Any
+    max_positions: int
+
+
+@runtime_checkable
+class CausalLmEngine(Protocol):
+    """A causal text LM (the reply model) with a key/value cache of ``max_positions`` positions.
+
+    Tokens are appended: ``prefill`` and ``step`` write at the next free positions (0 after
+    :meth:`reset`) and return the logits of the *last* token given, float32. Decoding (greedy,
+    temperature, top-p) is not the engine's job: :mod:`csm_listen.lm_decoding` drives every engine.
+    """
+
+    max_positions: int
+    position: int  # the number of positions written since reset()
+
+    def reset(self) -> None:
+        """Forget the cached sequence (the next token goes to position 0)."""
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids`` [1,T] int64 -> logits [1,V] of the last of the T tokens."""
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """``token`` [1,1] int64 -> logits [1,V] of the next token."""

@@ -25,6 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "CSM_"
+BENCH_ENV_PREFIX = "CSM_BENCH_"  # the benchmark suite's own variables (benchmarks/conftest.py), not settings
 DEFAULT_EMOTIONS = ("happy", "calm", "excited", "sad", "angry", "neutral")
 
 
@@ -99,6 +100,41 @@ class StageSelection(_Model):
 Precision = Literal["fp32", "fp16", "bf16"]
 
 
+class VoiceSettings(_Model):
+    """The voice profile: a reference clip and its transcript, given to CSM as pinned context.
+
+    The clip (any WAV/FLAC, any rate) is encoded once with the tokenizer stage and cached under
+    ``<cache_dir>/profiles/`` (see :mod:`csm_core.voice_profile`).
+    """
+
+    audio: Path | None = Field(None, description="reference clip of the voice (WAV/FLAC, any rate)")
+    text: str | None = Field(None, description="transcript of the reference clip")
+    speaker: int | None = Field(None, ge=0, description="speaker id of the clip; default: `speaker`")
+
+    @model_validator(mode="after")
+    def _audio_with_text(self) -> "VoiceSettings":
+        if (self.audio is None) != (self.text is None):
+            given, missing = ("voice.audio", "voice.text") if self.audio is not None else ("voice.text", "voice.audio")
+            raise ValueError(
+                f"{given} is set but {missing} is not: a voice profile needs both voice.audio (the clip) "
+                "and voice.text (its transcript), or neither"
+            )
+        if self.text is not None and not self.text.strip():
+            raise ValueError("voice.text is empty: give the transcript of voice.audio")
+        return self
+
+
+# The keys of ``component_precision``: what each names, and what it defaults to.
+PRECISION_COMPONENTS: dict[str, str] = {
+    "csm": "both CSM transformer parts (backbone and decoder), unless those are named themselves",
+    "backbone": "the CSM backbone's transformer layers (default: csm, then precision)",
+    "decoder": "the CSM depth decoder's transformer layers (default: csm, then precision)",
+    "codec": "the Mimi codec (default fp32 whatever precision says: audio quality depends on it)",
+    "transcriber": "the ASR model of the transcriber stage (default: precision)",
+    "llm": "the reply language model (default: precision)",
+}
+
+
 class Settings(_Model):
     """Everything a pipeline needs to know before it loads anything."""
 
@@ -114,7 +150,11 @@ class Settings(_Model):
     stages: StageSelection = Field(default_factory=StageSelection)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     emotions: dict[str, EmotionParams] = Field(default_factory=default_emotion_map)
+    voice: VoiceSettings = Field(default_factory=VoiceSettings, description="the voice profile")
     optimizers: list[str] = Field(default_factory=list, description="optimizers to enable, by name")
+    loading: Literal["eager", "progressive"] = Field(
+        "eager", description="preload builds stages before returning (eager) or in the background (progressive)"
+    )
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="options of stage implementations and optimizers, by their name"
     )
@@ -137,6 +177,16 @@ class Settings(_Model):
             raise ValueError(f"unknown stage {unknown[0]!r}: choose one of {', '.join(sorted(known))}")
         return value
 
+    @field_validator("component_precision")
+    @classmethod
+    def _precision_components(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(PRECISION_COMPONENTS))
+        if unknown:
+            raise ValueError(
+                f"unknown component {unknown[0]!r}: choose one of {', '.join(PRECISION_COMPONENTS)}"
+            )
+        return value
+
     @field_validator("optimizers")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
@@ -150,6 +200,21 @@ class Settings(_Model):
         if self.models.preset and self.models.model_path:
             raise ValueError("models.preset and models.model_path are both set: choose one")
         return self
+
+    def precision_of(self, component: str) -> str:
+        """The precision ("fp32", "fp16", "bf16") of ``component`` (a key of :data:`PRECISION_COMPONENTS`).
+
+        ``backbone``/``decoder``: their own entry, else ``csm``, else ``precision``; ``codec``: its entry,
+        else fp32; any other: its entry, else ``precision``.
+        """
+        if component not in PRECISION_COMPONENTS:
+            raise ValueError(f"precision_of: unknown component {component!r}; choose one of {', '.join(PRECISION_COMPONENTS)}")
+        table = self.component_precision
+        if component in ("backbone", "decoder"):
+            return table.get(component, table.get("csm", self.precision))
+        if component == "codec":
+            return table.get("codec", "fp32")
+        return table.get(component, self.precision)
 
     def backend_for(self, stage: str) -> str:
         return self.backends.get(stage, self.backend)
@@ -183,7 +248,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     overrides: dict = {}
     reserved = {"CSM_LOAD_PLUGINS", "CSM_TRACE_HOOKS"}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in reserved:
+        if not key.startswith(ENV_PREFIX) or key in reserved or key.startswith(BENCH_ENV_PREFIX):
             continue
         try:
             value = json.loads(raw)

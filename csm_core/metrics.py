@@ -25,7 +25,17 @@ class StageTiming:
 
 @dataclass
 class TurnMetrics:
-    """Per-stage timings and the figures users compare backends by."""
+    """Per-stage timings and the figures users compare backends by. Times are seconds.
+
+    - ``stages``: each stage's run, its loading left out;
+    - ``time_to_first_audio_s``: from the turn's start (the ``speak``/``turn`` call) to the first audio
+      chunk, so stage loading and waiting that the turn did are included;
+    - ``generation_seconds``: the tts stage's run (loading left out), the numerator of the real-time factor;
+    - ``load_seconds``: time this turn spent building stages, or waiting for a background load;
+    - ``startup_seconds``: the ``Pipeline.preload`` call before this turn, from call to return (with
+      progressive loading that is only the time to check names and start the loader); ``None`` on
+      turns without a preload before them.
+    """
 
     stages: list[StageTiming] = field(default_factory=list)
     time_to_first_audio_s: float | None = None
@@ -33,6 +43,8 @@ class TurnMetrics:
     generation_seconds: float = 0.0
     frames: int = 0
     events: list[str] = field(default_factory=list)
+    load_seconds: float = 0.0
+    startup_seconds: float | None = None
 
     @property
     def real_time_factor(self) -> float | None:

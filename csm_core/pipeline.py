@@ -7,21 +7,37 @@ Audio in::
 
 Text in skips the stages that need audio. Each stage's implementation and backend are chosen by name
 from the config; every name is checked before any model loads, and stage objects are built on first
-use. Each stage runs through the ``run_stage`` hook, so wrapper plugins (optimizers, tracing) act
-around it.
+use, or ahead of the first turn by :meth:`Pipeline.preload`. Each stage runs through the ``run_stage``
+hook, so wrapper plugins (optimizers, tracing) act around it.
+
+Loading (``Settings.loading``):
+
+- ``"eager"`` (default): ``preload(stages)`` builds the stages before it returns; a stage not
+  preloaded is built on first use.
+- ``"progressive"`` (switched on by the ``progressive-loading`` optimizer): ``preload(stages)``
+  checks the names, starts one background thread that builds the stages in the order a turn needs
+  them (:func:`load_order`), and returns at once. ``stage(kind)`` waits for a stage the thread owns;
+  a failed background load is raised in the caller's thread as :class:`StageLoadError` naming the
+  stage, with the original exception as its ``__cause__``.
+
+Thread safety: each stage has its own lock and is built at most once. Factories run one at a time
+(``_build_lock``) because the models they share through :meth:`StageContext.resource` are built
+check-then-set.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from csm_core.audio import MIMI_SAMPLE_RATE, Audio
 from csm_core.config import Settings, apply_overrides
+from csm_core.context_window import context_for_turn, utf8_token_bound
 from csm_core.conversation import Conversation
 from csm_core.emotion import speech_params
 from csm_core.errors import BackendUnavailable, CsmError
@@ -38,6 +54,44 @@ TEXT_STAGES = ("llm", "tts")
 OnAudio = Callable[[np.ndarray], None]
 
 
+class StageLoadError(CsmError):
+    """A stage failed to load in the background; raised where the stage is first used.
+
+    ``stage`` is the stage kind; the original exception is the ``__cause__``.
+    """
+
+    def __init__(self, stage: str, implementation: str, error: BaseException):
+        self.stage = stage
+        super().__init__(
+            f"the {stage} stage {implementation!r} failed to load in the background: "
+            f"{type(error).__name__}: {error}"
+        )
+
+
+def load_order(stages: Iterable[str]) -> list[str]:
+    """``stages`` without repeats, in the order a turn uses them (tokenizer ... tts).
+
+    Raises :class:`CsmError` naming an unknown stage kind and the known ones.
+    """
+    wanted = list(dict.fromkeys(stages))
+    unknown = [kind for kind in wanted if kind not in AUDIO_STAGES]
+    if unknown:
+        raise CsmError(f"unknown stage {unknown[0]!r} to load: choose from {', '.join(AUDIO_STAGES)}")
+    return sorted(wanted, key=AUDIO_STAGES.index)
+
+
+@dataclass
+class _StageSlot:
+    """One stage's object and how its load went. ``lock`` guards the fields; ``pending`` is set by a
+    progressive preload and fires when the background thread has finished with this stage."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    value: Any = None
+    loaded: bool = False
+    error: BaseException | None = None
+    pending: threading.Event | None = None
+
+
 @dataclass
 class Turn:
     """What one turn produced. Wrappers of ``run_stage`` see it while it is being filled in."""
@@ -51,6 +105,7 @@ class Turn:
     audio: Audio | None = None
     reply_codes: np.ndarray | None = None
     metrics: TurnMetrics = field(default_factory=TurnMetrics)
+    started: float = field(default_factory=time.perf_counter, repr=False)  # perf_counter() at the turn's start
 
     def to_dict(self) -> dict:
         """The turn for ``--json``: text, sentiment, emotion, parameters and metrics (no samples)."""
@@ -80,22 +135,29 @@ class Pipeline:
         self.plugins = plugins if plugins is not None else Plugins.from_environment()
         self.registry = Registry.collect(self.plugins)
         self.conversation = conversation if conversation is not None else Conversation()
-        self._stages: dict[str, Any] = {}
+        self._slots: dict[str, _StageSlot] = {}
+        self._guard = threading.RLock()  # the slot and context dicts
+        self._build_lock = threading.Lock()  # one factory at a time (shared resources)
+        self._loaders: list[threading.Thread] = []
+        self._closed = False
+        self._startup_seconds: float | None = None  # of the last preload, reported with the next turn
         self._contexts: dict[str, StageContext] = {}
         self._resources: dict = {}  # shared by all stage contexts: models loaded once per pipeline
         self._optimizer_plugins: list[str] = []
+        self._profile: tuple[Segment | None] | None = None  # the voice profile, encoded once
         self._pending_events: list[str] = []  # reported with the next turn's metrics
         self._enable_optimizers()
 
     # -- construction ---------------------------------------------------------------------------
     def _context(self, stage: str) -> StageContext:
-        if stage not in self._contexts:
-            backend = self.registry.backend(self.settings.backend_for(stage))
-            self._contexts[stage] = StageContext(
-                stage=stage, settings=self.settings, registry=self.registry, backend=backend,
-                log=logging.getLogger(f"csm.{stage}"), resources=self._resources, hook=self.plugins.hook,
-            )
-        return self._contexts[stage]
+        with self._guard:
+            if stage not in self._contexts:
+                backend = self.registry.backend(self.settings.backend_for(stage))
+                self._contexts[stage] = StageContext(
+                    stage=stage, settings=self.settings, registry=self.registry, backend=backend,
+                    log=logging.getLogger(f"csm.{stage}"), resources=self._resources, hook=self.plugins.hook,
+                )
+            return self._contexts[stage]
 
     def _enable_optimizers(self) -> None:
         """Build each listed optimizer, apply the settings it asks for, register it as a plugin.
@@ -128,10 +190,14 @@ class Pipeline:
                 backend = self._context(stage).backend
                 missing = [c for c in impl.components if not backend.supports(c)]
                 if missing:
+                    having = sorted(
+                        name for name, entry in self.registry.backends.items()
+                        if all(entry.record.supports(c) for c in impl.components)
+                    )
                     raise CsmError(
                         f"{stage} stage {impl.name!r} needs {', '.join(missing)} engines, which backend "
-                        f"{backend.name!r} does not provide; choose a backend that does "
-                        f"(`csmctl doctor` lists them)"
+                        f"{backend.name!r} does not provide; backends that do: {', '.join(having) or 'none'} "
+                        f"(set backends.{stage} = \"<name>\" to run only this stage there)"
                     )
                 try:
                     backend.check()
@@ -143,16 +209,97 @@ class Pipeline:
                         f"{exc}. Backends usable here: {', '.join(usable) or 'none'} (see `csmctl doctor`)"
                     ) from None
 
-    def stage(self, kind: str) -> Any:
-        """The stage object for ``kind``, built on first use."""
-        if kind not in self._stages:
-            self.require(kind)
-            impl = self.registry.stage(kind, getattr(self.settings.stages, kind))
+    # -- loading --------------------------------------------------------------------------------
+    def _slot(self, kind: str) -> _StageSlot:
+        with self._guard:
+            return self._slots.setdefault(kind, _StageSlot())
+
+    def _build(self, kind: str) -> Any:
+        impl = self.registry.stage(kind, getattr(self.settings.stages, kind))
+        context = self._context(kind)
+        with self._build_lock:
             log.info("loading %s stage %r", kind, impl.name)
-            self._stages[kind] = impl.factory(self._context(kind))
-        return self._stages[kind]
+            return impl.factory(context)
+
+    def stage(self, kind: str) -> Any:
+        """The stage object for ``kind``: built on first use, or waited for while a progressive
+        :meth:`preload` builds it. A failed background load raises :class:`StageLoadError` here."""
+        slot = self._slot(kind)
+        if slot.pending is not None:
+            slot.pending.wait()
+        with slot.lock:
+            if not slot.loaded:
+                if slot.error is not None:
+                    implementation = getattr(self.settings.stages, kind)
+                    raise StageLoadError(kind, implementation, slot.error) from slot.error
+                self.require(kind)
+                slot.value = self._build(kind)
+                slot.loaded = True
+            return slot.value
+
+    def is_loaded(self, kind: str) -> bool:
+        """Whether the ``kind`` stage object exists now (never waits)."""
+        with self._guard:
+            slot = self._slots.get(kind)
+        return slot is not None and slot.loaded
+
+    def preload(self, stages: Iterable[str]) -> float:
+        """Load ``stages`` ahead of the first turn; returns the seconds this call took.
+
+        Names, implementations and backends are checked first, in the caller's thread (errors raise
+        here). With ``settings.loading == "eager"`` the stages are built before this returns; with
+        ``"progressive"`` a background thread builds them in :func:`load_order` and this returns at
+        once. The time is reported as ``startup_seconds`` in the next turn's metrics.
+        """
+        started = time.perf_counter()
+        order = load_order(stages)
+        self.require(*order)
+        if self.settings.loading == "progressive":
+            queued = []
+            with self._guard:  # not the slot locks: a load in progress holds its slot's lock
+                for kind in order:
+                    slot = self._slot(kind)
+                    if slot.loaded or slot.error is not None or slot.pending is not None:
+                        continue
+                    slot.pending = threading.Event()
+                    queued.append(kind)
+            if queued:
+                thread = threading.Thread(
+                    target=self._load_in_background, args=(queued,), name="csm-preload", daemon=True
+                )
+                self._loaders.append(thread)
+                thread.start()
+        else:
+            for kind in order:
+                self.stage(kind)
+        self._startup_seconds = time.perf_counter() - started
+        return self._startup_seconds
+
+    def _load_in_background(self, kinds: list[str]) -> None:
+        for kind in kinds:
+            slot = self._slot(kind)
+            try:
+                with slot.lock:
+                    if slot.loaded:
+                        continue
+                    if self._closed:
+                        slot.error = CsmError("the pipeline was closed before this stage loaded")
+                        continue
+                    try:
+                        slot.value = self._build(kind)
+                        slot.loaded = True
+                    except BaseException as exc:  # noqa: BLE001 - re-raised where the stage is used
+                        slot.error = exc
+                        log.warning("loading the %s stage in the background failed: %s", kind, exc)
+            finally:
+                slot.pending.set()
 
     def close(self) -> None:
+        """Unregister the optimizers; wait for a background load in progress (no new one starts)."""
+        self._closed = True
+        for thread in self._loaders:
+            thread.join()
+        self._loaders.clear()
         for name in self._optimizer_plugins:
             self.plugins.unregister(name)
         self._optimizer_plugins.clear()
@@ -165,7 +312,7 @@ class Pipeline:
 
     # -- running --------------------------------------------------------------------------------
     def _run(self, kind: str, turn: Turn, work: Callable[[Any], Any]) -> Any:
-        stage = self.stage(kind)
+        stage = self._loaded_stage(kind, turn)
         started = time.perf_counter()
         result = self.plugins.hook.run_stage(stage=kind, call=lambda: work(stage), turn=turn)
         context = self._contexts[kind]
@@ -186,10 +333,11 @@ class Pipeline:
     def speak(self, text: str, on_audio: OnAudio | None = None, emotion: str | None = None,
               context: tuple[Segment, ...] | None = None) -> Turn:
         """Text to speech with the configured voice; ``on_audio`` receives each chunk as it is made."""
-        self.require("tts")
+        self.require("tts", *self._profile_stages())
         turn = Turn(reply=Reply(text=text, emotion=emotion or "neutral"))
         self._flush_events(turn)
-        self._speak(turn, tuple(self.conversation.segments) if context is None else context, on_audio)
+        history = tuple(self.conversation.segments) if context is None else tuple(context)
+        self._speak(turn, history, None, on_audio)
         return turn
 
     def turn(self, audio: Audio | None = None, text: str | None = None,
@@ -200,7 +348,7 @@ class Pipeline:
         """
         if (audio is None) == (text is None):
             raise CsmError("a turn takes either audio or text, not both and not neither")
-        self.require(*(AUDIO_STAGES if audio is not None else TEXT_STAGES))
+        self.require(*(AUDIO_STAGES if audio is not None else TEXT_STAGES), *self._profile_stages())
         turn = Turn(transcript=text)
         self._flush_events(turn)
         if audio is not None:
@@ -219,18 +367,53 @@ class Pipeline:
         if turn.reply.fallback:
             turn.metrics.events.append(f"llm reply fell back to plain text: {turn.reply.fallback}")
         user = Segment(self.settings.user_speaker, turn.transcript or "", turn.codes)
-        self._speak(turn, history + (user,), on_audio)
+        self._speak(turn, history, user, on_audio)
         self.conversation.add(user)
         self.conversation.add(Segment(self.settings.speaker, turn.reply.text, turn.reply_codes))
         return turn
 
+    def _loaded_stage(self, kind: str, turn: Turn) -> Any:
+        """``stage(kind)``, adding the time spent building or waiting for it to ``load_seconds``."""
+        if self.is_loaded(kind):
+            return self.stage(kind)
+        started = time.perf_counter()
+        stage = self.stage(kind)
+        turn.metrics.load_seconds += time.perf_counter() - started
+        return stage
+
     def _flush_events(self, turn: Turn) -> None:
         turn.metrics.events.extend(self._pending_events)
         self._pending_events.clear()
+        turn.metrics.startup_seconds, self._startup_seconds = self._startup_seconds, None
 
-    def _speak(self, turn: Turn, context: tuple[Segment, ...], on_audio: OnAudio | None) -> None:
+    def _profile_stages(self) -> tuple[str, ...]:
+        """The stages the voice profile needs: the tokenizer encodes its clip (once, then cached)."""
+        return ("tokenizer",) if self.settings.voice.audio is not None else ()
+
+    def voice_profile(self) -> Segment | None:
+        """The configured voice profile (``[voice]``) as a context segment, encoded on first use and
+        cached on disk; None when no profile is configured."""
+        if self._profile is None:
+            from csm_core.voice_profile import profile_segment, tokenizer_encoder
+
+            report = self._context("tts").report
+            self._profile = (profile_segment(self.settings, tokenizer_encoder(self), report),)
+        return self._profile[0]
+
+    def _speak(self, turn: Turn, history: tuple[Segment, ...], user: Segment | None,
+               on_audio: OnAudio | None) -> None:
+        """Speak ``turn.reply`` after ``history`` (+ the ``user`` segment), with the voice profile pinned;
+        the context is chosen within the position budget by :func:`context_for_turn`."""
         report = self._context("tts").report
         turn.params = speech_params(self.settings, turn.reply.emotion if turn.reply else None, report)
+        speaker = self._loaded_stage("tts", turn)
+        context, events = context_for_turn(
+            history, self.voice_profile(), user, self.settings,
+            speaker=self.settings.speaker, text=turn.reply.text,
+            max_positions=getattr(speaker, "max_positions", 2048),
+            text_tokens=getattr(speaker, "count_text_tokens", utf8_token_bound),
+        )
+        turn.metrics.events.extend(events)
         request = SpeechRequest(
             text=turn.reply.text, speaker=self.settings.speaker, params=turn.params, context=context
         )
@@ -241,7 +424,7 @@ class Pipeline:
         def generate(speaker) -> None:
             for chunk in speaker.speak(request):
                 if turn.metrics.time_to_first_audio_s is None:
-                    turn.metrics.time_to_first_audio_s = time.perf_counter() - started
+                    turn.metrics.time_to_first_audio_s = time.perf_counter() - turn.started
                 chunks.append(chunk.samples)
                 codes.append(chunk.codes)
                 if on_audio is not None:
@@ -249,7 +432,6 @@ class Pipeline:
 
         self._run("tts", turn, generate)
         turn.metrics.generation_seconds = time.perf_counter() - started
-        speaker = self._stages["tts"]
         samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         turn.audio = Audio(samples.astype(np.float32, copy=False), speaker.sample_rate)
         turn.reply_codes = np.concatenate(codes, axis=1) if codes else None

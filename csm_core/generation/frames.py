@@ -10,7 +10,12 @@ It drives a :class:`csm_core.components.CsmEngines` (backbone + depth decoder) w
    or when the silence guard fires; otherwise feed the frame back into the backbone at the next position.
 
 Frames are yielded as they are made ([B,K] int64) so that a codec can stream them. A row that has ended
-while others go on yields all-zero frames (the end marker).
+while others go on yields all-zero frames (the end marker; :func:`~csm_core.generation.batch.live_rows`
+tells live rows apart), and the loop stops as soon as every row has ended.
+
+Rows may have prompts of different lengths: pass a :class:`~csm_core.generation.batch.PromptBatch`
+(:func:`~csm_core.generation.batch.stack_prompts`), whose rows are left-padded with per-row positions;
+row ``i``'s frame ``j`` is then fed back at position ``lengths[i] + j``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import torch
 from csm_core.components import CsmEngines
 
 from .embedder import FrameEmbedder
-from .prompt import Prompt, check_budget
+from .batch import PromptBatch, as_prompt_batch
+from .prompt import Prompt
 from .sampling import SamplingParams, sample
 
 __all__ = ["SilenceGuard", "generate_frames", "generate_codes"]
@@ -56,19 +62,6 @@ class SilenceGuard:
         return c0 == previous_c0
 
 
-def _as_batch(prompt: Prompt | tuple[torch.Tensor, torch.Tensor], device: torch.device):
-    tokens, mask = (prompt.tokens, prompt.mask) if isinstance(prompt, Prompt) else prompt
-    if tokens.ndim == 2:
-        tokens, mask = tokens.unsqueeze(0), mask.unsqueeze(0)
-    if tokens.ndim != 3 or tokens.shape != mask.shape:
-        raise ValueError(
-            f"prompt tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} must both be [T,K+1] or [B,T,K+1]"
-        )
-    if tokens.shape[1] == 0:
-        raise ValueError("prompt is empty: it needs at least the text to speak")
-    return tokens.to(device=device, dtype=torch.long), mask.to(device=device, dtype=torch.bool)
-
-
 def _decode_frame(engines, embedder, hidden, c0_logits, params, generator) -> torch.Tensor:
     """One frame [B,K]: codebook 0 from the backbone's logits, codebooks 1..K-1 from the depth decoder."""
     b, k = hidden.shape[0], embedder.num_codebooks
@@ -88,7 +81,7 @@ def _decode_frame(engines, embedder, hidden, c0_logits, params, generator) -> to
 def generate_frames(
     engines: CsmEngines,
     embedder: FrameEmbedder,
-    prompt: Prompt | tuple[torch.Tensor, torch.Tensor],
+    prompt: PromptBatch | Prompt | tuple[torch.Tensor, torch.Tensor],
     *,
     max_frames: int,
     sampling: SamplingParams = SamplingParams(),
@@ -96,7 +89,10 @@ def generate_frames(
     generator: torch.Generator | None = None,
     silence_guard: SilenceGuard | None = SilenceGuard(),
 ) -> Iterator[torch.Tensor]:
-    """Yield frames [B,K] int64 continuing ``prompt`` (a :class:`Prompt`, or tokens/mask [T,K+1] or [B,T,K+1]).
+    """Yield frames [B,K] int64 continuing ``prompt``: a :class:`Prompt`, tokens/mask [T,K+1] or [B,T,K+1]
+    (rows of one length), or a :class:`PromptBatch` (rows of different lengths, left-padded).
+
+    Every row must leave ``max_frames`` positions of the backbone's budget free (checked per row).
 
     Randomness comes from ``generator`` if given, else from a generator on the embedder's device seeded
     with ``seed`` (None: torch's global RNG). ``silence_guard=None`` disables the silence guard.
@@ -104,16 +100,16 @@ def generate_frames(
     if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
         raise ValueError(f"max_frames={max_frames!r}: must be an integer >= 1")
     device = embedder.device
-    tokens, mask = _as_batch(prompt, device)
-    embedder.check_tokens(tokens, mask)
-    b, t, _ = tokens.shape
-    check_budget(t, max_frames, engines.backbone.max_positions)
+    batch = as_prompt_batch(prompt).to(device)
+    embedder.check_tokens(batch.tokens, batch.mask)
+    batch.check_budget(max_frames, engines.backbone.max_positions)
+    b = len(batch)
+    starts = batch.lengths.unsqueeze(1)  # [B,1]: the position of each row's first generated frame
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
 
     engines.backbone.reset()
-    positions = torch.arange(t, device=device).expand(b, t)
-    hidden, c0_logits = engines.backbone.prefill(embedder.embed_frames(tokens, mask), positions)
+    hidden, c0_logits = engines.backbone.prefill(embedder.embed_frames(batch.tokens, batch.mask), batch.positions)
     ended = torch.zeros(b, dtype=torch.bool, device=device)
     silent_run = torch.zeros(b, dtype=torch.long, device=device)
     previous_c0 = None
@@ -132,17 +128,22 @@ def generate_frames(
         frame = frame.masked_fill(ended.unsqueeze(1), 0)
         yield frame
         if index + 1 < max_frames:
-            position = torch.full((b, 1), t + index, device=device, dtype=torch.long)
-            hidden, c0_logits = engines.backbone.step(embedder.embed_codes(frame), position)
+            hidden, c0_logits = engines.backbone.step(embedder.embed_codes(frame), starts + index)
 
 
 def generate_codes(
-    engines: CsmEngines, embedder: FrameEmbedder, prompt: Prompt | tuple[torch.Tensor, torch.Tensor], **kwargs
+    engines: CsmEngines,
+    embedder: FrameEmbedder,
+    prompt: PromptBatch | Prompt | tuple[torch.Tensor, torch.Tensor],
+    **kwargs,
 ) -> torch.Tensor:
-    """All frames of :func:`generate_frames` (same arguments) as codes [B,K,F] (F may be 0)."""
-    frames = list(generate_frames(engines, embedder, prompt, **kwargs))
+    """All frames of :func:`generate_frames` (same arguments) as codes [B,K,F] (F may be 0).
+
+    F is the longest row's frame count; rows that ended earlier are zero-filled after their end.
+    """
+    batch = as_prompt_batch(prompt)
+    frames = list(generate_frames(engines, embedder, batch, **kwargs))
     if not frames:
-        tokens = prompt.tokens if isinstance(prompt, Prompt) else prompt[0]
-        b = tokens.shape[0] if tokens.ndim == 3 else 1
+        b = len(batch)
         return torch.zeros(b, embedder.num_codebooks, 0, dtype=torch.long, device=embedder.device)
     return torch.stack(frames, dim=2)

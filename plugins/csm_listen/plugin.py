@@ -1,6 +1,6 @@
 """Hooks of the in-tree listening plugin: the ``whisper`` transcriber, the ``prosody`` sentiment analyzer
-and the ``transformers`` reply model. The stage modules that import torch load only when a pipeline
-builds them."""
+and the ``transformers`` reply model (on its backend's ``causal_lm`` engine). The stage modules that
+import torch load only when a pipeline builds them."""
 
 from __future__ import annotations
 
@@ -66,5 +66,6 @@ def register_llms(register):
             name="transformers",
             factory=_reply_model,
             description="any transformers causal chat LM, answering {emotion, reply} as JSON",
+            components=("causal_lm",),
         )
     )

@@ -6,7 +6,12 @@ The model comes from ``models.llm`` (a local directory or a cached repo id) or, 
 :mod:`csm_listen.reply_format`: the tokenizer's chat template renders the messages when it has one
 (a template that rejects the system role gets the instruction folded into the first user turn),
 else a plain ``Role: content`` transcript. The oldest history turns are dropped when the prompt
-would not leave ``max_new_tokens`` of room in the model's context.
+would not leave ``max_new_tokens`` of room in the LM's cache (``max_positions``).
+
+The model runs as the ``causal_lm`` engine of the stage's backend (``backends.llm``, else ``backend``):
+``pytorch`` (:mod:`csm_listen.lm_torch`) or ``onnxruntime`` (:mod:`csm_onnxruntime.causal_lm`), both
+driven by the same token loop, :func:`csm_listen.lm_decoding.decode_tokens`. A stage built outside a
+pipeline, from a context without a backend, uses the PyTorch engine.
 
 Options, config table ``[options.transformers]`` (:class:`TransformersLlmOptions`).
 """
@@ -15,12 +20,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from csm_core.errors import ConfigError
+from csm_core.components import CAUSAL_LM, CausalLm
+from csm_core.errors import BackendUnavailable, ConfigError, CsmError
 from csm_core.stages import Reply, ReplyRequest
+from csm_listen.lm_decoding import LmSampling, decode_tokens
 from csm_listen.reply_format import build_messages, parse_reply, render_plain
+
+DEFAULT_MAX_POSITIONS = 4096
+"""The LM cache size when ``max_positions`` is not set: the model's own limit, at most this."""
 
 
 class TransformersLlmOptions(BaseModel):
@@ -32,6 +41,10 @@ class TransformersLlmOptions(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus mass when sampling")
     seed: int = Field(0, description="seed of the sampling generator (used when temperature > 0)")
+    max_positions: int | None = Field(
+        None, ge=65, description="positions (prompt + answer) the LM's KV cache holds; default: the model's "
+        f"max_position_embeddings, at most {DEFAULT_MAX_POSITIONS}",
+    )
 
 
 class TransformersReplyModel:
@@ -50,13 +63,28 @@ class TransformersReplyModel:
             ("causal-lm", str(self.model_dir), self.device, self.dtype),
             lambda: _load(self.model_dir, self.device, self.dtype),
         )
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
-        self.prompt_budget = limit - self.options.max_new_tokens
+        self.max_positions = self._max_positions()
+        self.prompt_budget = self.max_positions - self.options.max_new_tokens
         if self.prompt_budget < 64:
             raise ConfigError(
                 f"[options.transformers] max_new_tokens = {self.options.max_new_tokens} leaves "
-                f"{self.prompt_budget} of the model's {limit} positions for the prompt: lower it"
+                f"{self.prompt_budget} of the LM's {self.max_positions} positions for the prompt: lower it "
+                "(or raise max_positions)"
             )
+        self.engine = _engine(context, CausalLm(self.model, self.max_positions))
+        self.sampling = LmSampling(self.options.temperature, self.options.top_p, self.options.seed)
+
+    def _max_positions(self) -> int:
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        wanted = self.options.max_positions
+        if wanted is None:
+            return min(limit, DEFAULT_MAX_POSITIONS)
+        if wanted > limit:
+            raise ConfigError(
+                f"[options.transformers] max_positions = {wanted} is more than the {limit} positions "
+                f"{self.model_dir.name!r} was trained for (max_position_embeddings): lower it"
+            )
+        return wanted
 
     def prompt(self, request: ReplyRequest) -> str:
         """The prompt text for ``request``, history trimmed from the oldest turn to fit the budget."""
@@ -64,31 +92,24 @@ class TransformersReplyModel:
         while True:
             trimmed = ReplyRequest(request.transcript, request.sentiment, history, request.emotions)
             text = self._render(build_messages(trimmed, self.user_speaker, self.reply_speaker))
-            if not history or len(self._encode(text)) <= self.prompt_budget:
+            size = len(self._encode(text))
+            if size <= self.prompt_budget:
                 return text
+            if not history:
+                raise CsmError(
+                    f"the reply prompt is {size} tokens without any history, more than the {self.prompt_budget} "
+                    f"that [options.transformers] max_positions = {self.max_positions} minus max_new_tokens = "
+                    f"{self.options.max_new_tokens} leave: raise max_positions or lower max_new_tokens"
+                )
             history = history[1:]
 
     def reply(self, request: ReplyRequest) -> Reply:
         """Generate, decode (special tokens removed) and parse the answer to ``request``."""
-        ids = torch.tensor([self._encode(self.prompt(request))], device=self.device)
-        sampling = self.options.temperature > 0
-        kwargs = (
-            {"do_sample": True, "temperature": self.options.temperature, "top_p": self.options.top_p}
-            if sampling
-            else {"do_sample": False}
+        tokens = decode_tokens(
+            self.engine, self._encode(self.prompt(request)), self.options.max_new_tokens, self.sampling,
+            stop_ids=self._stop_ids(),
         )
-        with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
-            torch.manual_seed(self.options.seed)
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=self.options.max_new_tokens,
-                    num_beams=1,
-                    pad_token_id=self._pad_id(),
-                    **kwargs,
-                )
-        raw = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return parse_reply(raw, request.emotions, request.sentiment)
 
     def _render(self, messages: list[dict[str, str]]) -> str:
@@ -107,11 +128,27 @@ class TransformersReplyModel:
         # A rendered chat template already holds its BOS; add none for templates, the default otherwise.
         return self.tokenizer(text, add_special_tokens=not getattr(self.tokenizer, "chat_template", None))["input_ids"]
 
-    def _pad_id(self) -> int | None:
-        if self.tokenizer.pad_token_id is not None:
-            return self.tokenizer.pad_token_id
-        eos = self.model.generation_config.eos_token_id
-        return eos[0] if isinstance(eos, (list, tuple)) else eos
+    def _stop_ids(self) -> list[int]:
+        """The EOS ids ``generate`` would stop at: the generation config's, else the model config's."""
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = getattr(self.model.config, "eos_token_id", None)
+        if eos is None:
+            return []
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def _engine(context, component: CausalLm):
+    """The ``causal_lm`` engine of the stage's backend."""
+    if context.backend is not None and not context.backend.supports(CAUSAL_LM):
+        having = []
+        if context.registry is not None:
+            having = sorted(n for n, r in context.registry.backends.items() if r.record.supports(CAUSAL_LM))
+        raise BackendUnavailable(
+            f"backend {context.backend.name!r} has no causal_lm engine for the {context.stage} stage; backends "
+            f"that have one: {', '.join(having) or 'none'}. Set backends.{context.stage} to one of them"
+        )
+    return context.engine(CAUSAL_LM, component)
 
 
 def _load(directory: Path, device: str, dtype):

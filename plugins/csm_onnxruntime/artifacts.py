@@ -3,12 +3,18 @@
 An artifact is one ONNX file under ``settings.resolved_cache_dir() / "onnx"``, named
 ``<component>-<key>.onnx`` where ``key`` hashes everything that makes a graph invalid: the weights hash,
 the component, the export settings (exporter, opset, batch size, cache size, dtype = precision plan)
-and the component's shape facts. Beside it, ``<name>.sha256`` holds the file's SHA-256.
+and the component's shape facts. A graph past protobuf's 2 GB limit (CSM-1B's backbone in fp32) keeps
+its weights in an external data file beside it, ``<name>.data`` (the exporter writes one when the
+weights exceed 2 GB). ``<name>.sha256`` lists the SHA-256 of every file of the artifact, one
+``<hex>  <file name>`` line each (``sha256sum`` format), the ``.onnx`` first.
 
-A file is used only when its checksum matches and its ``metadata_props`` match what is wanted,
-including the project version (``csm_core.__version__``) that wrote it; otherwise it is rebuilt and
-the reason is reported. Files are written to a temporary name in the same folder and moved into place
-with :func:`os.replace`, so an interrupted export never leaves a file that a later run would load.
+An artifact is used only when every listed file exists with its checksum, the graph references exactly
+the listed data files, and its ``metadata_props`` match what is wanted, including the project version
+(``csm_core.__version__``) that wrote it; otherwise it is rebuilt and the reason is reported. The build
+writes into a private staging folder; the checksum file is removed first, the data file and then the
+graph are moved into place with :func:`os.replace`, and the checksum file is written last, so an
+interrupted export never leaves an artifact that a later run would load, and a graph and its data are
+only ever valid together.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,7 @@ from csm_core.files import file_sha256, write_atomic
 
 METADATA_PREFIX = "csm_multi."
 CHECKSUM_SUFFIX = ".sha256"
+DATA_SUFFIX = ".data"
 
 
 def weights_hash(module) -> str:
@@ -73,13 +81,95 @@ class ArtifactSpec:
         return {METADATA_PREFIX + k: v for k, v in meta.items()}
 
 
+def mimi_decoder_spec(mimi, num_codebooks: int = 32, batch_size: int = 1) -> ArtifactSpec:
+    """The spec of the Mimi streaming-decoder graph of a transformers ``MimiModel`` (exported in float32).
+
+    One definition for every backend that uses the graph (ONNX Runtime's :class:`OnnxMimi`, the
+    TensorRT builder), so they share one cached file.
+    """
+    from csm_onnxruntime.export import EXPORTER, OPSET
+
+    config = mimi.config
+    return ArtifactSpec(
+        component="mimi_decoder_step",
+        weights_hash=weights_hash(mimi),
+        export={"exporter": EXPORTER, "opset": OPSET, "batch_size": batch_size, "dtype": "float32"},
+        facts={"sample_rate": config.sampling_rate, "codebooks": num_codebooks, "cache_size": config.sliding_window or 0},
+    )
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """A validated ONNX file and its checksum (the checksum names derived files such as optimized models)."""
+    """A validated ONNX graph, its external data files (empty for a single-file graph) and its checksum.
+
+    ``sha256`` is the graph file's SHA-256 for a single-file graph, else the SHA-256 of the checksum
+    file's lines (graph and data): it names derived files such as ORT's optimized models.
+    """
 
     path: Path
     sha256: str
     built: bool  # True when this call exported it
+    data_files: tuple[Path, ...] = ()
+
+
+def checksum_path(path: Path) -> Path:
+    return Path(str(path) + CHECKSUM_SUFFIX)
+
+
+def _external_tensors(model):
+    """Every tensor of ``model`` (initializers and node attributes, subgraphs included) stored externally."""
+    from onnx import TensorProto
+
+    def graph_tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    yield from graph_tensors(attribute.g)
+                for sub in attribute.graphs:
+                    yield from graph_tensors(sub)
+
+    return [t for t in graph_tensors(model.graph) if t.data_location == TensorProto.EXTERNAL]
+
+
+def _location(tensor) -> str:
+    return next(entry.value for entry in tensor.external_data if entry.key == "location")
+
+
+def external_locations(model) -> list[str]:
+    """The external data files ``model`` references (relative to its folder), sorted, each once."""
+    return sorted({_location(t) for t in _external_tensors(model)})
+
+
+def data_file_names(path: Path, count: int) -> list[str]:
+    """The cache's names for ``count`` external data files of the graph at ``path``."""
+    if count == 1:
+        return [path.name + DATA_SUFFIX]
+    return [f"{path.name}.{i}{DATA_SUFFIX}" for i in range(count)]
+
+
+def _read_checksums(path: Path) -> dict[str, str]:
+    """file name -> recorded SHA-256 from ``path``'s checksum file (a bare hash line names the graph)."""
+    recorded = {}
+    for line in checksum_path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, _, name = line.strip().partition("  ")
+        recorded[name.strip() or path.name] = digest
+    return recorded
+
+
+def _checksum_text(hashes: dict[str, str]) -> str:
+    return "".join(f"{digest}  {name}\n" for name, digest in hashes.items())
+
+
+def _artifact_sha(path: Path, hashes: dict[str, str]) -> str:
+    if len(hashes) == 1:
+        return hashes[path.name]
+    return hashlib.sha256(_checksum_text(hashes).encode()).hexdigest()
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -91,23 +181,60 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def problem_with(path: Path, spec: ArtifactSpec) -> str | None:
-    """Why the file at ``path`` cannot be used for ``spec``, or None when it can."""
-    checksum = Path(str(path) + CHECKSUM_SUFFIX)
-    if not checksum.is_file():
+    """Why the artifact at ``path`` (graph, data files, checksum file) cannot be used for ``spec``, or None."""
+    import onnx
+
+    if not checksum_path(path).is_file():
         return "its checksum file is missing (an interrupted write?)"
-    expected = checksum.read_text().strip()
-    actual = file_sha256(path)
-    if actual != expected:
-        return f"its checksum {actual[:12]} does not match the recorded {expected[:12]} (corrupted or truncated)"
+    recorded = _read_checksums(path)
+    if path.name not in recorded:
+        return f"its checksum file does not list {path.name}"
+    for name, expected in recorded.items():
+        member = path.with_name(name)
+        if not member.is_file():
+            return f"{name} is missing (its checksum file lists it)"
+        actual = file_sha256(member)
+        if actual != expected:
+            return f"the checksum {actual[:12]} of {name} does not match the recorded {expected[:12]} (corrupted or truncated)"
     try:
-        found = read_metadata(path)
+        model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is unusable
         return f"it does not load as ONNX ({type(exc).__name__}: {exc})"
+    referenced, listed = external_locations(model), sorted(set(recorded) - {path.name})
+    if referenced != listed:
+        return f"it references the data files {referenced} but its checksum file lists {listed}"
+    found = {p.key: p.value for p in model.metadata_props}
     for key, want in spec.metadata().items():
         have = found.get(key)
         if have != want:
             return f"its metadata {key}={have!r} does not match the wanted {want!r}"
     return None
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _stage(model, staged: Path, path: Path) -> dict[Path, str]:
+    """Point ``model``'s external tensors at the cache's data file names (in place); returns
+    {staged data file: final name}. Raises when a data file the graph references is not in the staging folder."""
+    locations = external_locations(model)
+    renames = dict(zip(locations, data_file_names(path, len(locations))))
+    moves = {}
+    for location, final in renames.items():
+        source = (staged.parent / location).resolve()
+        if source.parent != staged.parent.resolve() or not source.is_file():
+            raise RuntimeError(
+                f"the export of {path.name} references the external data file {location!r}, which it did not "
+                f"write beside the graph in {staged.parent}; the build must write external data next to its output"
+            )
+        moves[source] = final
+    for tensor in _external_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = renames[entry.value]
+    return moves
 
 
 def ensure_artifact(
@@ -116,9 +243,13 @@ def ensure_artifact(
     build: Callable[[Path], None],
     report: Callable[[str], None],
 ) -> Artifact:
-    """The validated ONNX file for ``spec`` in ``directory``, exporting it with ``build(tmp_path)`` when
-    it is missing or unusable (the reason goes to ``report``). ``build`` writes a plain ONNX file;
-    this function adds the metadata, the checksum, and moves both into place atomically."""
+    """The validated ONNX graph for ``spec`` in ``directory``, exporting it with ``build(staged_path)``
+    when it is missing or unusable (the reason goes to ``report``).
+
+    ``build`` writes a plain ONNX file at the path it is given, in a private staging folder, optionally
+    with external data files beside it (relative locations). This function adds the metadata, renames
+    the data files to ``<name>.data``, records every file's checksum and moves them into place.
+    """
     import onnx
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -126,29 +257,38 @@ def ensure_artifact(
     if path.is_file():
         problem = problem_with(path, spec)
         if problem is None:
-            return Artifact(path, Path(str(path) + CHECKSUM_SUFFIX).read_text().strip(), built=False)
+            hashes = _read_checksums(path)
+            data = tuple(directory / n for n in hashes if n != path.name)
+            return Artifact(path, _artifact_sha(path, hashes), built=False, data_files=data)
         report(f"onnxruntime: rebuilding {path.name}: {problem}")
     else:
         report(f"onnxruntime: exporting {spec.component} to {path} (no cached graph for these weights and settings)")
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        build(tmp)
-        model = onnx.load_model(str(tmp))
+        staged = staging / path.name
+        build(staged)
+        model = onnx.load_model(str(staged), load_external_data=False)  # the graph only, never the weights
         del model.metadata_props[:]
         for key, value in spec.metadata().items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
-        onnx.save_model(model, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        sha = file_sha256(tmp)
-        # The checksum first: a model file without a matching checksum is never loaded.
-        Path(str(path) + CHECKSUM_SUFFIX).unlink(missing_ok=True)
-        os.replace(tmp, path)
-        write_atomic(Path(str(path) + CHECKSUM_SUFFIX), sha + "\n")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return Artifact(path, sha, built=True)
+        moves = _stage(model, staged, path)
+        onnx.save_model(model, str(staged))
+        hashes = {path.name: file_sha256(staged)}
+        for source, final in moves.items():
+            _fsync(source)
+            hashes[final] = file_sha256(source)
+        _fsync(staged)
+        # The checksum first: files without a checksum file that lists them all are never loaded.
+        checksum_path(path).unlink(missing_ok=True)
+        for stale in directory.glob(f"{path.name}*{DATA_SUFFIX}"):
+            if stale.name not in hashes:
+                stale.unlink()
+        for source, final in moves.items():
+            os.replace(source, directory / final)
+        os.replace(staged, path)
+        write_atomic(checksum_path(path), _checksum_text(hashes))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    data = tuple(directory / final for final in moves.values())
+    return Artifact(path, _artifact_sha(path, hashes), built=True, data_files=data)

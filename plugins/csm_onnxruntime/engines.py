@@ -3,6 +3,12 @@
 The CSM engines run with IO binding: inputs, outputs and the key/value caches are torch tensors whose
 data pointers are bound directly, so nothing is copied to the host per step. Each cache exists twice
 (ping-pong): a call reads ``past`` from one set and writes ``present`` into the other, then they swap.
+
+Precision: the graphs are exported in float32 and typed by the precision plan of their part
+(``backbone`` for the two backbone graphs, ``decoder`` for the decoder graph;
+:func:`csm_onnxruntime.precision.plan_for`) before they are cached, so the plan is part of the cache key.
+Inputs (``inputs_embeds``) and outputs (``hidden_states``, ``logits``) stay float32; the KV caches take
+the plan's dtype.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ from csm_core.records import StageContext
 from csm_onnxruntime.artifacts import ArtifactSpec, ensure_artifact, weights_hash
 from csm_onnxruntime.export import EXPORTER, OPSET, csm_cache_shape, export_csm_part, export_mimi_decoder_step
 from csm_onnxruntime.graphs import cache_names
+from csm_onnxruntime.precision import PrecisionPlan, convert_graph, plan_for
 from csm_onnxruntime.session import SessionOptions, create_session
 
-NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+# Element types for IO binding: numpy types, or ONNX TensorProto numbers where numpy has none (bf16).
+NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bfloat16: 16}
+EXTERNAL_DATA_BYTES = 1_800_000_000  # typed graphs with more weight bytes than this keep them in a .data file
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CODEC_SAMPLE_RATE = 24_000  # CSM's codes are Mimi's, at 24 kHz
 
 
@@ -35,14 +45,42 @@ def requested_device(context: StageContext, module) -> str:
     return str(next(module.parameters()).device.type)
 
 
-def _open_graph(context, spec: ArtifactSpec, build, device: str):
+def _open_graph(context, spec: ArtifactSpec, build, device: str, plan: PrecisionPlan | None = None):
     artifact = ensure_artifact(cache_dir(context), spec, build, context.report)
     options = SessionOptions.from_options(context.settings.options.get("onnxruntime"))
-    session, used = create_session(
-        artifact.path, artifact.sha256, device, options,
-        allow_fallback=context.settings.allow_fallback, report=context.report,
-    )
+    try:
+        session, used = create_session(
+            artifact.path, artifact.sha256, device, options,
+            allow_fallback=context.settings.allow_fallback, report=context.report,
+        )
+    except Exception as exc:  # noqa: BLE001 - only a reduced-precision plan is explained here
+        if plan is None or plan.dtype == "fp32" or "NOT_IMPLEMENTED" not in str(exc):
+            raise
+        provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
+        first_line = str(exc).strip().splitlines()[0][:300]
+        raise CsmError(
+            f"onnxruntime's {provider} cannot run the {plan.dtype} graph {artifact.path.name} ({first_line}). "
+            f"Set component_precision for this part to a precision it runs (fp32 runs everywhere; fp16 runs on "
+            f"the CPU provider, bf16 needs CUDA), or use device = \"cuda\""
+        ) from None
     return session, used, artifact
+
+
+def _typed_export(export, plan: PrecisionPlan):
+    """A ``build(path)`` that exports with ``export(path)`` and then types the graph by ``plan``."""
+
+    def build(path: Path) -> None:
+        export(path)
+        if plan.dtype != "fp32":
+            import onnx
+
+            typed = convert_graph(onnx.load_model(str(path)), plan)
+            weights = sum(len(t.raw_data) for t in typed.graph.initializer)
+            # Past protobuf's 2 GB limit the weights go to an external data file beside the graph.
+            onnx.save_model(typed, str(path), save_as_external_data=weights > EXTERNAL_DATA_BYTES,
+                            all_tensors_to_one_file=True, location=f"{path.name}.data")
+
+    return build
 
 
 def _bind(binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
@@ -55,13 +93,14 @@ def _bind(binding, name: str, tensor: torch.Tensor, output: bool = False) -> Non
 class _CachedGraphs:
     """Sessions sharing one ping-pong pair of KV-cache buffer sets, run with IO binding."""
 
-    def __init__(self, sessions: dict, layers: int, shape, dtype, device, batch_size: int, outputs: dict[str, int]):
+    def __init__(self, sessions: dict, layers: int, shape, cache_dtype, device, batch_size: int, outputs: dict[str, int]):
+        """``cache_dtype``: the KV caches' dtype (the plan's); inputs and outputs are float32."""
         self.sessions = sessions
         self.past_names, self.present_names = cache_names(layers)
-        self.buffers = [[torch.zeros(shape, dtype=dtype, device=device) for _ in self.past_names] for _ in range(2)]
+        self.buffers = [[torch.zeros(shape, dtype=cache_dtype, device=device) for _ in self.past_names] for _ in range(2)]
         self.current = 0
         self.batch_size = batch_size
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device = torch.float32, device  # of inputs_embeds and the outputs
         self.outputs = outputs  # output name -> last dim
 
     def reset(self) -> None:
@@ -131,14 +170,20 @@ class OnnxDepthDecoder:
         return self.graphs.run("decoder", x, positions)[0]
 
 
-def csm_spec(model, graph: str, whash: str, batch_size: int) -> ArtifactSpec:
+def graph_part(graph: str) -> str:
+    """The CSM part a graph belongs to: ``decoder`` or ``backbone``."""
+    return "decoder" if graph == "decoder" else "backbone"
+
+
+def csm_spec(model, graph: str, whash: str, batch_size: int, plan: PrecisionPlan = PrecisionPlan()) -> ArtifactSpec:
+    """What a cached CSM graph must be: weights, export settings and precision ``plan`` are in its key."""
     a = model.args
-    part = "decoder" if graph == "decoder" else "backbone"
-    dtype = str(model.codebook0_head.weight.dtype).removeprefix("torch.")
+    part = graph_part(graph)
     return ArtifactSpec(
         component=f"csm_{graph}",
         weights_hash=whash,
-        export={"exporter": EXPORTER, "opset": OPSET, "batch_size": batch_size, "dtype": dtype},
+        export={"exporter": EXPORTER, "opset": OPSET, "batch_size": batch_size, "dtype": "float32",
+                "precision": plan.as_dict()},
         facts={"sample_rate": CODEC_SAMPLE_RATE, "codebooks": a.num_codebooks,
                "cache_size": csm_cache_shape(model, part, batch_size)[2]},
     )
@@ -153,26 +198,28 @@ class OnnxCsmEngines:
     def __init__(self, model, context: StageContext, batch_size: int = 1) -> None:
         device = requested_device(context, model)
         whash = weights_hash(model)
+        self.plans = {part: plan_for(context.settings, part) for part in ("backbone", "decoder")}
         sessions, used, self.artifacts = {}, device, []
         for graph in CSM_GRAPHS:
-            spec = csm_spec(model, graph, whash, batch_size)
-            build = lambda path, graph=graph: export_csm_part(model, graph, path, batch_size)  # noqa: E731
-            sessions[graph], used, artifact = _open_graph(context, spec, build, device)
+            plan = self.plans[graph_part(graph)]
+            spec = csm_spec(model, graph, whash, batch_size, plan)
+            export = lambda path, graph=graph: export_csm_part(model, graph, path, batch_size)  # noqa: E731
+            sessions[graph], used, artifact = _open_graph(context, spec, _typed_export(export, plan), device, plan)
             self.artifacts.append(artifact)
         a = model.args
-        dtype = model.codebook0_head.weight.dtype
         tensor_device = torch.device(used if used.startswith("cuda") else "cpu")
         self.backbone = OnnxBackbone(
             _CachedGraphs(
                 {g: sessions[g] for g in CSM_GRAPHS[:2]}, a.backbone_layers, csm_cache_shape(model, "backbone", batch_size),
-                dtype, tensor_device, batch_size, {"hidden_states": a.backbone_dim, "logits": a.audio_vocab_size},
+                TORCH_DTYPES[self.plans["backbone"].dtype], tensor_device, batch_size,
+                {"hidden_states": a.backbone_dim, "logits": a.audio_vocab_size},
             ),
             a.max_seq_len,
         )
         self.decoder = OnnxDepthDecoder(
             _CachedGraphs(
                 {"decoder": sessions["decoder"]}, a.decoder_layers, csm_cache_shape(model, "decoder", batch_size),
-                dtype, tensor_device, batch_size, {"logits": a.audio_vocab_size},
+                TORCH_DTYPES[self.plans["decoder"].dtype], tensor_device, batch_size, {"logits": a.audio_vocab_size},
             )
         )
         self.device = used
@@ -187,7 +234,9 @@ class OnnxMimi:
 
     def __init__(self, mimi, context: StageContext, num_codebooks: int = 32, batch_size: int = 1) -> None:
         from csm_pytorch.mimi import TorchMimi
+        from csm_pytorch.sources import check_codec_precision
 
+        check_codec_precision(context.settings, "onnxruntime")
         self.torch = TorchMimi(mimi, num_codebooks)  # validation, encoder and the initial state
         self.context = context
         self.sample_rate = self.torch.sample_rate

@@ -54,8 +54,12 @@ def csm_cache_shape(model, part: str, batch_size: int) -> tuple[int, int, int, i
 
 
 def export_csm_part(model, graph: str, path: Path, batch_size: int = 1) -> None:
-    """Export ``graph`` (backbone_prefill | backbone_step | decoder) of a :class:`Csm` to ``path``."""
-    model = copy.deepcopy(model).eval()
+    """Export ``graph`` (backbone_prefill | backbone_step | decoder) of a :class:`Csm` to ``path``.
+
+    The graph is always float32, whatever dtypes the model's parts have: a reduced-precision plan is
+    applied to the graph afterwards (:func:`csm_onnxruntime.precision.convert_graph`).
+    """
+    model = copy.deepcopy(model).float().eval()
     part = "decoder" if graph == "decoder" else "backbone"
     layers = getattr(model.args, f"{part}_layers")
     p = model.codebook0_head.weight

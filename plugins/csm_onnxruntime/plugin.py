@@ -1,4 +1,4 @@
-"""Hooks of the in-tree onnxruntime plugin: the ``onnxruntime`` backend for ``csm`` and ``codec``.
+"""Hooks of the in-tree onnxruntime plugin: the ``onnxruntime`` backend for ``csm``, ``codec`` and ``causal_lm``.
 
 Nothing here imports onnxruntime or torch: the factories import the modules that do.
 """
@@ -40,12 +40,18 @@ def prepare(context, progress):
     return prepare_all(context, progress)
 
 
+def _causal_lm_engine(component, context):
+    from csm_onnxruntime.causal_lm import OnnxCausalLm
+
+    return OnnxCausalLm(component, context)
+
+
 @hookimpl
 def register_backends(register):
     register(
         Backend(
             name="onnxruntime",
-            engines={"csm": _csm_engines, "codec": _codec_engine},
+            engines={"csm": _csm_engines, "codec": _codec_engine, "causal_lm": _causal_lm_engine},
             check=check,
             description="ONNX Runtime over exported graphs with explicit KV caches and IO binding",
             devices=("cpu", "cuda"),

@@ -10,7 +10,16 @@ import importlib
 
 from csm_core import hookimpl
 
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = (
+    "cache_clearing",
+    "selective_precision",
+    "amortized_analysis",
+    "context_window",
+    "batched_generation",
+    "profile_cache",
+    "progressive_loading",
+    "cuda_graphs",
+)
 
 
 @hookimpl

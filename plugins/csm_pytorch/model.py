@@ -214,7 +214,13 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Pre-norm Llama transformer (no embeddings, no head) with a static KV cache and a final norm."""
+    """Pre-norm Llama transformer (no embeddings, no head) with a static KV cache and a final norm.
+
+    The part may run in a lower precision than the rest of the model (:meth:`Csm.set_part_dtypes`): its
+    input is cast to the dtype of its own weights (:attr:`dtype`) and its normed output back to the
+    input's dtype, so embeddings, heads and sampling around it keep theirs. The KV cache defaults to the
+    part's dtype.
+    """
 
     def __init__(self, args: CsmArgs, part: str) -> None:
         super().__init__()
@@ -228,8 +234,15 @@ class Transformer(nn.Module):
         self.head_dim = dim // heads
         self.batch_size = 0
 
-    def setup_cache(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> None:
-        """Allocate the KV cache [batch_size, kv_heads, max_len, head_dim], RoPE and causal-mask tables."""
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype this part computes in: that of its weights."""
+        return self.norm.weight.dtype
+
+    def setup_cache(self, batch_size: int, dtype: torch.dtype | None, device: torch.device) -> None:
+        """Allocate the KV cache [batch_size, kv_heads, max_len, head_dim] (``dtype`` None: :attr:`dtype`),
+        RoPE and causal-mask tables."""
+        dtype = dtype or self.dtype
         for block in self.layers:
             shape = (batch_size, block.attn.kv_heads, self.max_len, self.head_dim)
             block.attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
@@ -258,12 +271,14 @@ class Transformer(nn.Module):
                 f"Csm {self.part}: batch of {x.shape[0]} exceeds the cache's batch size {self.batch_size}; "
                 "call Csm.setup_caches with a larger batch_size"
             )
+        out_dtype = x.dtype
+        x = x.to(self.dtype)
         cos = self.rope_cos[positions].to(x.dtype).unsqueeze(1)
         sin = self.rope_sin[positions].to(x.dtype).unsqueeze(1)
         mask = self.causal_mask[positions].unsqueeze(1)
         for block in self.layers:
             x = block(x, cos, sin, mask, positions)
-        return self.norm(x)
+        return self.norm(x).to(out_dtype)
 
 
 class Csm(nn.Module):
@@ -281,12 +296,35 @@ class Csm(nn.Module):
         self.decoder = Transformer(args, "decoder")
         self.audio_head = nn.Parameter(torch.empty(k - 1, args.decoder_dim, v))  # codebook i uses [i-1]
 
+    def set_part_dtypes(self, backbone: torch.dtype, decoder: torch.dtype) -> Csm:
+        """Run the backbone's and the depth decoder's transformer layers (and final norms) in these dtypes.
+
+        Everything else (embeddings, ``codebook0_head``, ``projection``, ``audio_head``) keeps its dtype,
+        so logits and sampling stay in it (float32 for a selective-precision plan). Drops the KV caches:
+        call :meth:`setup_caches` afterwards. Returns ``self``.
+        """
+        plan = (("backbone", backbone), ("decoder", decoder))
+        for name, dtype in plan:  # all checked before anything changes
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                raise ValueError(f"set_part_dtypes: {name}={dtype!r} must be a floating-point torch.dtype")
+        for name, dtype in plan:
+            part: Transformer = getattr(self, name)
+            part.to(dtype=dtype)
+            for block in part.layers:
+                block.attn.k_cache = block.attn.v_cache = None
+            part.batch_size = 0
+        return self
+
+    def part_dtypes(self) -> dict[str, torch.dtype]:
+        """``{"backbone": dtype, "decoder": dtype, "heads": dtype}``: what each part computes in."""
+        return {"backbone": self.backbone.dtype, "decoder": self.decoder.dtype, "heads": self.codebook0_head.weight.dtype}
+
     def setup_caches(self, batch_size: int, dtype: torch.dtype | None = None, device=None) -> None:
-        """Allocate both static KV caches (default dtype/device: the parameters')."""
+        """Allocate both static KV caches (default dtype: each part's own; default device: the parameters')."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"setup_caches: batch_size={batch_size!r} must be a positive integer")
         p = self.codebook0_head.weight
-        dtype, device = dtype or p.dtype, torch.device(device) if device is not None else p.device
+        device = torch.device(device) if device is not None else p.device
         self.backbone.setup_cache(batch_size, dtype, device)
         self.decoder.setup_cache(batch_size, dtype, device)
 

@@ -7,9 +7,22 @@ from __future__ import annotations
 
 import importlib.util
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from csm_core import hookimpl
+from csm_core.config import plugin_options
 from csm_core.errors import BackendUnavailable
 from csm_core.records import Backend, StageImpl
+
+
+class PytorchOptions(BaseModel):
+    """``[options.pytorch]``: how the PyTorch backend runs its engines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cuda_graphs: bool = Field(
+        False, description="capture the backbone step and depth-decoder steps as CUDA graphs (CUDA devices only)"
+    )
 
 
 def check_torch() -> None:
@@ -21,6 +34,11 @@ def check_torch() -> None:
 
 
 def _csm_engines(model, context):
+    options = plugin_options(context.settings, "pytorch", PytorchOptions)
+    if options.cuda_graphs:
+        from csm_pytorch.cuda_graphs import cuda_graph_engines
+
+        return cuda_graph_engines(model, capture=True)
     from csm_pytorch.model import TorchCsmEngines
 
     return TorchCsmEngines(model)
@@ -28,6 +46,9 @@ def _csm_engines(model, context):
 
 def _codec_engine(model, context):
     from csm_pytorch.mimi import TorchMimi
+    from csm_pytorch.sources import check_codec_precision
+
+    check_codec_precision(context.settings, "pytorch")
 
     return TorchMimi(model)
 
@@ -44,12 +65,18 @@ def _mimi_tokenizer(context):
     return MimiTokenizer(context)
 
 
+def _causal_lm_engine(component, context):
+    from csm_listen.lm_torch import TorchCausalLm
+
+    return TorchCausalLm(component)
+
+
 @hookimpl
 def register_backends(register):
     register(
         Backend(
             name="pytorch",
-            engines={"csm": _csm_engines, "codec": _codec_engine},
+            engines={"csm": _csm_engines, "codec": _codec_engine, "causal_lm": _causal_lm_engine},
             check=check_torch,
             description="eager PyTorch with static KV caches",
             devices=("cpu", "cuda"),

@@ -8,12 +8,15 @@ weights of a preset size instead, with a byte-level text tokenizer, so everythin
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from csm_core.config import ModelSources, Settings
+from csm_core.errors import CsmError
 from csm_pytorch.checkpoints import (
     CheckpointError,
     CheckpointNotFound,
@@ -40,14 +43,71 @@ class CsmWeights:
     source: str
 
 
-def csm_dtype(settings: Settings) -> torch.dtype:
-    """The CSM transformer's dtype: ``component_precision["csm"]``, else ``precision``."""
-    return DTYPES[settings.component_precision.get("csm", settings.precision)]
+def dtype_problem(precision: str, device: str) -> str | None:
+    """Why ``device`` cannot compute in ``precision`` ("fp32" | "fp16" | "bf16"), or None when it can.
+
+    The CPU runs all three (fp16 matmuls may be slow there, but they are correct). On CUDA, bf16 needs
+    compute capability 8.0 (Ampere) or newer.
+    """
+    if precision not in DTYPES:
+        return f"precision {precision!r} is unknown; choose one of {', '.join(DTYPES)}"
+    if precision == "bf16" and str(device).startswith("cuda"):
+        index = torch.device(device).index or 0
+        major, minor = torch.cuda.get_device_capability(index)
+        if major < 8:
+            name = torch.cuda.get_device_name(index)
+            return f"bf16 needs CUDA compute capability >= 8.0, and {name} ({device}) has {major}.{minor}"
+    return None
 
 
-def load_csm_weights(settings: Settings, device: str) -> CsmWeights:
+def csm_part_dtypes(settings: Settings, device: str, report: Callable[[str], None] | None = None) -> dict[str, torch.dtype]:
+    """``{"backbone": dtype, "decoder": dtype}``: the precision plan of the CSM transformer parts.
+
+    Embeddings, heads (logits) and sampling always stay float32. A precision ``device`` cannot run is a
+    :class:`~csm_core.errors.CsmError` naming the part and what to do, unless ``settings.allow_fallback``:
+    then the part runs in fp32 and ``report`` (default: the ``csm`` logger) is told so.
+    """
+    plan = {}
+    for part in ("backbone", "decoder"):
+        precision = settings.precision_of(part)
+        problem = dtype_problem(precision, device)
+        if problem is not None:
+            if not settings.allow_fallback:
+                raise CsmError(
+                    f"component_precision for the CSM {part} is {precision}, but {problem}: choose fp16 or fp32 "
+                    f"(component_precision.{part} = \"fp16\"), or set allow_fallback = true to run it in fp32"
+                )
+            (report or logging.getLogger("csm").warning)(
+                f"CSM {part}: {problem}; running it in fp32 as allow_fallback permits"
+            )
+            precision = "fp32"
+        plan[part] = DTYPES[precision]
+    return plan
+
+
+def check_codec_precision(settings: Settings, backend: str) -> None:
+    """For backends that run Mimi in float32 only: a reduced ``component_precision.codec`` is a
+    :class:`~csm_core.errors.CsmError` naming ``backend``, never silently ignored."""
+    precision = settings.precision_of("codec")
+    if precision != "fp32":
+        raise CsmError(
+            f"component_precision.codec = {precision!r}: the {backend} backend runs the Mimi codec in fp32 only "
+            "(its audio quality depends on it); remove the entry or set it to \"fp32\""
+        )
+
+
+def load_csm_weights(settings: Settings, device: str, report: Callable[[str], None] | None = None) -> CsmWeights:
+    """The configured CSM on ``device``, its transformer parts in the precision plan of
+    :func:`csm_part_dtypes` and everything else in float32."""
+    plan = csm_part_dtypes(settings, device, report)
+    weights = _load_fp32(settings, device)
+    weights.model.set_part_dtypes(plan["backbone"], plan["decoder"])
+    return weights
+
+
+def _load_fp32(settings: Settings, device: str) -> CsmWeights:
     models: ModelSources = settings.models
-    dtype = csm_dtype(settings)
+    dtype = torch.float32
     if models.preset:
         model, tokenizer = build_preset(models.preset, PRESET_SEED, dtype=dtype, device=device)
         return CsmWeights(model, tokenizer, f"random weights of preset {models.preset!r}")

@@ -3,24 +3,31 @@
 The stage owns what is the same on every backend (prompt assembly, embeddings, sampling, end of speech,
 streaming through Mimi's streaming decoder); the backend chosen for the ``tts`` stage supplies the
 ``csm`` engines (backbone, depth decoder) and the ``codec`` engine.
+
+:meth:`CsmSpeaker.speak` speaks one request; :meth:`CsmSpeaker.speak_batch` speaks several in one batch
+(ragged prompts left-padded, see :mod:`csm_core.generation.batch`), which only the PyTorch engines can do
+here: their KV caches are re-allocated for the rows needed, while ONNX graphs are exported for a fixed
+batch of one.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from csm_core.devices import resolve_device
 from csm_core.errors import CsmError
+from csm_core.generation.batch import live_rows, stack_prompts
 from csm_core.generation.embedder import FrameEmbedder
 from csm_core.generation.frames import SilenceGuard, generate_frames
 from csm_core.generation.prompt import Segment as PromptSegment
 from csm_core.generation.prompt import build_prompt
 from csm_core.generation.sampling import SamplingParams
 from csm_core.records import StageContext
-from csm_core.stages import SpeechChunk, SpeechRequest
+from csm_core.stages import SpeechChunk, SpeechParams, SpeechRequest
+from csm_pytorch.model import TorchBackbone, TorchCsmEngines, TorchDepthDecoder
 from csm_pytorch.sources import load_csm_weights, load_mimi_model
 
 
@@ -38,7 +45,7 @@ class CsmSpeaker:
         self.settings = settings
         self.context = context
         self.device = resolve_device(settings.device, settings.allow_fallback, context.report)
-        weights = load_csm_weights(settings, self.device)
+        weights = load_csm_weights(settings, self.device, context.report)
         context.log.info("CSM: %s on %s (backend %s)", weights.source, self.device, context.backend.name)
         self.args = weights.model.args
         self.tokenizer = weights.tokenizer
@@ -51,6 +58,15 @@ class CsmSpeaker:
                 f"{self.args.num_codebooks}: use the Mimi checkpoint that belongs to this CSM"
             )
         self.sample_rate = self.codec.sample_rate
+
+    @property
+    def max_positions(self) -> int:
+        """The backbone's position budget (2048 for CSM-1B): prompt plus generated frames."""
+        return self.engines.backbone.max_positions
+
+    def count_text_tokens(self, text: str) -> int:
+        """Text tokens ``text`` costs in the prompt (the context-window policy counts with this)."""
+        return len(self.tokenizer.encode(text))
 
     def _prompt(self, request: SpeechRequest):
         if not request.text.strip():
@@ -70,18 +86,20 @@ class CsmSpeaker:
         except ValueError as exc:
             raise CsmError(str(exc)) from None
 
-    def speak(self, request: SpeechRequest) -> Iterator[SpeechChunk]:
-        prompt = self._prompt(request)
-        params = request.params
-        sampling = SamplingParams(
+    def _sampling(self, params: SpeechParams) -> SamplingParams:
+        return SamplingParams(
             temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
             code_limit=self.codec.codebook_size,  # never sample a code the codec cannot decode
         )
+
+    def speak(self, request: SpeechRequest) -> Iterator[SpeechChunk]:
+        prompt = self._prompt(request)
+        params = request.params
         state = self.codec.init_state(1)
         frames = generate_frames(
             self.engines, self.embedder, prompt,
             max_frames=params.max_frames,
-            sampling=sampling,
+            sampling=self._sampling(params),
             seed=params.seed,
             silence_guard=SilenceGuard(self.settings.generation.max_silent_frames),
         )
@@ -92,4 +110,83 @@ class CsmSpeaker:
                 codes=frame[0].cpu().numpy().astype(np.int64)[:, None],
             )
             del pcm
+            self.context.safe_point(self.device)
+
+    def batch_engines(self, rows: int):
+        """The ``csm`` engines with room for ``rows`` rows.
+
+        Engines whose caches already hold ``rows`` rows are used as they are. The eager PyTorch engines
+        (:class:`TorchCsmEngines` with their own backbone and decoder) are re-allocated for ``rows`` rows
+        (the caches live in the shared model; fewer rows still run on them). Anything else (ONNX Runtime
+        and TensorRT engines, captured CUDA graphs, which hold the addresses of the old caches) raises
+        :class:`CsmError`.
+        """
+        engines = self.engines
+        capacity = engines.model.backbone.batch_size if isinstance(engines, TorchCsmEngines) else 1
+        if rows <= capacity:
+            return engines
+        eager = (
+            isinstance(engines, TorchCsmEngines)
+            and type(engines.backbone) is TorchBackbone
+            and type(engines.decoder) is TorchDepthDecoder
+        )
+        if not eager:
+            backend = self.context.backend.name if self.context.backend else "?"
+            raise CsmError(
+                f"batched generation of {rows} utterances: the {backend!r} backend's csm engines "
+                f"({type(engines).__name__} with {type(engines.backbone).__name__}) run a fixed batch of "
+                f"{capacity} (exported graphs / captured CUDA graphs cannot grow); run the tts stage on the "
+                "'pytorch' backend without cuda graphs (backends.tts = 'pytorch', options.pytorch.cuda_graphs = "
+                "false), or remove 'batched-generation' from optimizers to speak one by one"
+            )
+        self.context.report(f"csm: KV caches re-allocated for a batch of {rows} rows")
+        self.engines = TorchCsmEngines(engines.model, batch_size=rows)
+        return self.engines
+
+    def speak_batch(self, requests: Sequence[SpeechRequest]) -> Iterator[tuple[int, SpeechChunk]]:
+        """Speak several requests in one batch; yields ``(row, chunk)`` as frames are made.
+
+        ``row`` indexes ``requests``. Each step of the frame loop yields one 80 ms chunk for every row still
+        speaking, in row order; a row that has ended (end of speech, silence guard, or ``max_frames``) yields
+        nothing more, and the generator returns when every row has ended. A row's chunks, concatenated, are
+        its utterance. All requests must share their :class:`SpeechParams` (one sampler and one random
+        generator serve the batch). Under greedy decoding each row's codes equal those of :meth:`speak`
+        on that request alone; with sampling, rows draw from one generator jointly, so a row's codes
+        depend on the whole batch (reproducible for the same batch and seed, not equal to speaking alone).
+        """
+        requests = list(requests)
+        if not requests:
+            raise CsmError("speak_batch: no requests given; pass at least one SpeechRequest")
+        params = requests[0].params
+        for row, request in enumerate(requests[1:], start=1):
+            if request.params != params:
+                raise CsmError(
+                    f"speak_batch: request {row} has params {request.params} but request 0 has {params}; "
+                    "one batch shares its sampling parameters, seed and max_frames: batch requests with equal "
+                    "params together"
+                )
+        prompts = []
+        for row, request in enumerate(requests):
+            try:
+                prompts.append(self._prompt(request))
+            except CsmError as exc:
+                raise CsmError(f"speak_batch: request {row}: {exc}") from None
+        batch = stack_prompts(prompts)
+        engines = self.batch_engines(len(requests))
+        state = self.codec.init_state(len(requests))
+        frames = generate_frames(
+            engines, self.embedder, batch,
+            max_frames=params.max_frames,
+            sampling=self._sampling(params),
+            seed=params.seed,
+            silence_guard=SilenceGuard(self.settings.generation.max_silent_frames),
+        )
+        for frame in frames:  # [B, K]; rows that have ended are all-zero
+            pcm, state = self.codec.decode_step(frame.unsqueeze(-1), state)
+            live = live_rows(frame).tolist()
+            samples = pcm[:, 0].float().cpu().numpy()
+            codes = frame.cpu().numpy().astype(np.int64)
+            del pcm
+            for row in (r for r, alive in enumerate(live) if alive):
+                yield row, SpeechChunk(samples=samples[row], codes=codes[row][:, None])
             self.context.safe_point(self.device)

@@ -1,7 +1,11 @@
 """From a PyTorch module to cached TensorRT engines: ONNX graph -> precision plan -> engine.
 
 The ONNX graphs are the ONNX Runtime backend's (:mod:`csm_onnxruntime.export`, cached under
-``<cache_dir>/onnx``); the precision-converted graphs and the engines go under ``<cache_dir>/tensorrt``.
+``<cache_dir>/onnx``) with the very specs ONNX Runtime uses (:func:`csm_graph_specs`,
+:func:`mimi_graph_spec`: same component names, exporter, opset, batch size 1, cache sizes and dtype), so
+a graph exported by either backend is found by the other. Graphs are exported in float32 and the
+TensorRT precision plan lowers them (:mod:`csm_tensorrt.precision`); the precision-converted graphs and
+the engines go under ``<cache_dir>/tensorrt``.
 """
 
 from __future__ import annotations
@@ -27,11 +31,26 @@ def _fp32(module):
     return module if dtype == torch.float32 else copy.deepcopy(module).float()
 
 
-def _onnx_graph(context, component: str, module, build: Callable[[Path], None], facts: dict) -> Path:
-    from csm_onnxruntime.artifacts import ArtifactSpec, ensure_artifact, weights_hash
-    from csm_onnxruntime.export import EXPORTER, OPSET
+def csm_graph_specs(model) -> dict:
+    """{graph: ArtifactSpec} of the CSM graphs for a float32 :class:`Csm`, exactly as ONNX Runtime keys them."""
+    from csm_onnxruntime.artifacts import weights_hash
+    from csm_onnxruntime.engines import csm_spec
 
-    spec = ArtifactSpec(component, weights_hash(module), export={"exporter": EXPORTER, "opset": OPSET, "batch_size": 1, "dtype": "fp32"}, facts=facts)
+    whash = weights_hash(model)
+    return {graph: csm_spec(model, graph, whash, 1) for graph in (P.BACKBONE_PREFILL, P.BACKBONE_STEP, P.DECODER_STEP)}
+
+
+def mimi_graph_spec(mimi, num_codebooks: int):
+    """The ArtifactSpec of the Mimi decoder-step graph, exactly as ONNX Runtime keys it."""
+    from csm_onnxruntime.artifacts import mimi_decoder_spec
+
+    return mimi_decoder_spec(mimi, num_codebooks, 1)
+
+
+def onnx_graph(context, spec, build: Callable[[Path], None]) -> Path:
+    """The cached ONNX graph for ``spec`` (shared with the ONNX Runtime backend), exported when missing."""
+    from csm_onnxruntime.artifacts import ensure_artifact
+
     return ensure_artifact(context.settings.resolved_cache_dir() / "onnx", spec, build, context.report).path
 
 
@@ -101,10 +120,11 @@ def csm_engines(model, context, progress: Progress | None = None):
     device = torch.device("cuda", torch.cuda.current_device())
     runners = {}
     graphs = (P.BACKBONE_PREFILL, P.BACKBONE_STEP, P.DECODER_STEP)
+    specs = csm_graph_specs(model)
     for done, component in enumerate(graphs):
         if progress:
             progress(f"tensorrt: {component}", done, len(graphs))
-        path = _onnx_graph(context, component, model, lambda tmp, c=component: export_csm_part(model, c, tmp, 1), model.args.to_dict())
+        path = onnx_graph(context, specs[component], lambda tmp, c=component: export_csm_part(model, c, tmp, 1))
         ranges = P.axis_ranges(component, options, max_seq_len=model.args.max_seq_len)
         runners[component] = TrtRunner(engine_for(context, component, path, plan, options, ranges), device, component)
     if progress:
@@ -114,30 +134,71 @@ def csm_engines(model, context, progress: Progress | None = None):
 
 
 def codec_engine(mimi, context, progress: Progress | None = None, num_codebooks: int = 32):
-    """:class:`TrtMimi` for a transformers ``MimiModel``."""
+    """:class:`TrtMimi` for a transformers ``MimiModel``.
+
+    The decoder step is a TensorRT engine. The encoder is one too once :mod:`csm_onnxruntime.export`
+    can export it (``export_mimi_encoder``); until then encoding runs in PyTorch, as on ONNX Runtime,
+    and that is reported on first use.
+    """
     import torch
 
-    from csm_onnxruntime.export import export_mimi_decoder_step, export_mimi_encoder
+    from csm_onnxruntime import export
 
     from .engines import TrtMimi
     from .runtime import TrtRunner
 
+    mimi = _fp32(mimi)
     options = P.TrtOptions.from_settings(context.settings)
     plan = plan_for(context.settings, "codec")
     device = torch.device("cuda", torch.cuda.current_device())
     spf = mimi.config.frame_size
-    facts = {"num_codebooks": num_codebooks, "frame_size": spf, "sampling_rate": mimi.config.sampling_rate}
-    builders = {
-        P.MIMI_ENCODER: lambda tmp: export_mimi_encoder(mimi, num_codebooks, tmp, 1),
-        P.MIMI_DECODER_STEP: lambda tmp: export_mimi_decoder_step(mimi, num_codebooks, tmp, 1),
-    }
+    specs = {P.MIMI_DECODER_STEP: mimi_graph_spec(mimi, num_codebooks)}
+    builders = {P.MIMI_DECODER_STEP: lambda tmp: export.export_mimi_decoder_step(mimi, num_codebooks, tmp, 1)}
+    export_encoder = getattr(export, "export_mimi_encoder", None)
+    if export_encoder is not None:
+        from csm_onnxruntime.artifacts import ArtifactSpec
+
+        decoder_spec = specs[P.MIMI_DECODER_STEP]
+        specs[P.MIMI_ENCODER] = ArtifactSpec(P.MIMI_ENCODER, decoder_spec.weights_hash, decoder_spec.export, decoder_spec.facts)
+        builders[P.MIMI_ENCODER] = lambda tmp: export_encoder(mimi, num_codebooks, tmp, 1)
     runners = {}
     for done, (component, build) in enumerate(builders.items()):
         if progress:
             progress(f"tensorrt: {component}", done, len(builders))
-        path = _onnx_graph(context, component, mimi, build, facts)
+        path = onnx_graph(context, specs[component], build)
         ranges = P.axis_ranges(component, options, max_seq_len=1, samples_per_frame=spf)
         runners[component] = TrtRunner(engine_for(context, component, path, plan, options, ranges), device, component)
     if progress:
         progress("tensorrt: codec engines ready", len(builders), len(builders))
-    return TrtMimi(runners[P.MIMI_ENCODER], runners[P.MIMI_DECODER_STEP], mimi, num_codebooks, options.max_decode_frames)
+    trt_mimi = TrtMimi(runners.get(P.MIMI_ENCODER), runners[P.MIMI_DECODER_STEP], mimi, num_codebooks, options.max_decode_frames)
+    if P.MIMI_ENCODER in runners:
+        return trt_mimi
+    return TorchEncodingMimi(trt_mimi, mimi, num_codebooks, context.report)
+
+
+class TorchEncodingMimi:
+    """:class:`~csm_core.components.CodecEngine`: decoding on TensorRT (a :class:`TrtMimi` without an
+    encoder engine), encoding in PyTorch (the Mimi encoder does not export to ONNX yet; reported once)."""
+
+    def __init__(self, decoding, mimi_model, num_codebooks: int, report: Callable[[str], None]) -> None:
+        from csm_pytorch.mimi import TorchMimi
+
+        self._decoding, self._torch = decoding, TorchMimi(mimi_model, num_codebooks)
+        self._report, self._reported = report, False
+        self.sample_rate, self.frame_rate = decoding.sample_rate, decoding.frame_rate
+        self.num_codebooks, self.samples_per_frame = decoding.num_codebooks, decoding.samples_per_frame
+
+    def encode(self, pcm):
+        if not self._reported:
+            self._report("tensorrt: the Mimi encoder does not export to ONNX yet; encoding runs in PyTorch")
+            self._reported = True
+        return self._torch.encode(pcm)
+
+    def init_state(self, batch_size: int = 1):
+        return self._decoding.init_state(batch_size)
+
+    def decode_step(self, codes, state):
+        return self._decoding.decode_step(codes, state)
+
+    def decode(self, codes):
+        return self._decoding.decode(codes)

@@ -72,6 +72,12 @@ def test_environment_errors_name_the_source():
         load_settings(environ={"CSM_GENERATION__TOP_K": "0"})
 
 
+def test_the_benchmarks_own_variables_are_not_settings():
+    """CSM_BENCH_* configure benchmarks/conftest.py; exported in a shell they must not break `csmctl say`."""
+    settings = load_settings(environ={"CSM_BENCH_PRESET": "small", "CSM_BACKEND": "onnxruntime"})
+    assert settings.backend == "onnxruntime"
+
+
 def test_frame_limit_takes_the_smaller_of_frames_and_milliseconds():
     generation = Settings().generation.model_copy(update={"max_new_frames": 100, "max_audio_length_ms": 2000})
     assert generation.frame_limit() == 25

@@ -12,7 +12,9 @@ import pytest
 
 from csm_core.config import Settings
 from csm_core.errors import ConfigError
+from csm_core.plugins import Plugins
 from csm_core.records import StageContext
+from csm_core.registry import Registry
 from csm_core.stages import Reply, ReplyRequest, Segment
 from csm_listen.model_sources import ModelNotFound, NotAModel
 from csm_listen.reply_llm import TransformersReplyModel
@@ -24,7 +26,10 @@ FAST = {"transformers": {"max_new_tokens": 24}}
 
 
 def make(settings: Settings) -> TransformersReplyModel:
-    return TransformersReplyModel(StageContext("llm", settings, registry=None))
+    registry = Registry.collect(Plugins.from_environment())
+    return TransformersReplyModel(
+        StageContext("llm", settings, registry=registry, backend=registry.backend("pytorch"))
+    )
 
 
 def tiny_settings(llm, options=FAST, **extra) -> Settings:

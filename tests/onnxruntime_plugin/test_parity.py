@@ -1,4 +1,9 @@
-"""The ONNX graphs against the PyTorch engines: component outputs, greedy codes, Mimi audio."""
+"""The ONNX graphs against the PyTorch engines: component outputs, greedy codes, Mimi audio.
+
+Every test runs on the ``tiny`` preset and on ``small`` (4 x 512 backbone, the CPU benchmark size;
+exports in ~40 s): fp32 component outputs within 1e-4, identical greedy codes for a whole utterance
+with a context segment, Mimi decoder audio above 40 dB SNR, streaming decode equal to batch decode.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,26 @@ from csm_core.generation.frames import generate_codes
 from csm_core.generation.prompt import Segment, build_prompt
 from csm_core.generation.sampling import SamplingParams
 
-pytestmark = pytest.mark.slow  # the first test exports the tiny graphs (~40 s on 2 cores), once per session
+pytestmark = pytest.mark.slow  # the first test of a preset exports its graphs (tiny ~40 s, small ~40 s on 2 cores)
+
+PRESETS = ["tiny", "small"]
+
+
+@pytest.fixture(params=PRESETS)
+def preset(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def csm_pair(preset_models, preset):
+    """((Csm, tokenizer), OnnxCsmEngines) of the preset."""
+    return preset_models.csm(preset), preset_models.ort_csm(preset)[0]
+
+
+@pytest.fixture
+def mimi_pair(preset_models, preset):
+    """(transformers MimiModel, (OnnxMimi, its context)) of the preset."""
+    return preset_models.mimi(preset), preset_models.ort_mimi(preset)
 
 
 def torch_engines(model):
@@ -21,9 +45,8 @@ def torch_engines(model):
     return TorchCsmEngines(copy.deepcopy(model))
 
 
-def test_backbone_prefill_and_steps_match_pytorch(ort_csm, tiny_csm):
-    engines, _ = ort_csm
-    model = tiny_csm[0]
+def test_backbone_prefill_and_steps_match_pytorch(csm_pair):
+    (model, _), engines = csm_pair
     ref = torch_engines(model)
     gen = torch.Generator().manual_seed(1)
     d = model.args.backbone_dim
@@ -41,9 +64,8 @@ def test_backbone_prefill_and_steps_match_pytorch(ort_csm, tiny_csm):
             torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
 
 
-def test_depth_decoder_matches_pytorch_over_a_frame(ort_csm, tiny_csm):
-    engines, _ = ort_csm
-    model = tiny_csm[0]
+def test_depth_decoder_matches_pytorch_over_a_frame(csm_pair):
+    (model, _), engines = csm_pair
     ref = torch_engines(model)
     gen = torch.Generator().manual_seed(2)
     d = model.args.backbone_dim
@@ -59,9 +81,8 @@ def test_depth_decoder_matches_pytorch_over_a_frame(ort_csm, tiny_csm):
                                        ref.decoder.step(x, torch.tensor([[i]])), atol=1e-4, rtol=0)
 
 
-def test_greedy_generation_gives_identical_codes_with_context(ort_csm, tiny_csm):
-    engines, _ = ort_csm
-    model, tokenizer = tiny_csm
+def test_greedy_generation_gives_identical_codes_with_context(csm_pair):
+    (model, tokenizer), engines = csm_pair
     k = model.args.num_codebooks
     context_codes = torch.randint(0, 2048, (k, 6), generator=torch.Generator().manual_seed(3))
     prompt = build_prompt([Segment(1, "how are you", context_codes)], 0, "fine thanks", tokenizer,
@@ -79,11 +100,11 @@ def _snr_db(signal: torch.Tensor, reference: torch.Tensor) -> float:
     return float(10 * torch.log10(reference.pow(2).sum() / noise.clamp_min(1e-30)))
 
 
-def test_mimi_decoder_audio_matches_pytorch_and_streams_like_batch(ort_mimi, tiny_mimi):
+def test_mimi_decoder_audio_matches_pytorch_and_streams_like_batch(mimi_pair):
     from csm_pytorch.mimi import TorchMimi
 
-    codec, _ = ort_mimi
-    ref = TorchMimi(tiny_mimi)
+    mimi, (codec, _) = mimi_pair
+    ref = TorchMimi(mimi)
     codes = torch.randint(0, codec.codebook_size, (1, 32, 5), generator=torch.Generator().manual_seed(4))
     batch = codec.decode(codes)
     assert batch.shape == (1, 1, 5 * codec.samples_per_frame)
@@ -98,10 +119,10 @@ def test_mimi_decoder_audio_matches_pytorch_and_streams_like_batch(ort_mimi, tin
     torch.testing.assert_close(torch.cat(chunks, dim=-1), batch, atol=1e-4, rtol=0)
 
 
-def test_mimi_encode_matches_pytorch_and_says_it_runs_in_pytorch(ort_mimi, tiny_mimi):
+def test_mimi_encode_matches_pytorch_and_says_it_runs_in_pytorch(mimi_pair):
     from csm_pytorch.mimi import TorchMimi
 
-    codec, context = ort_mimi
+    mimi, (codec, context) = mimi_pair
     pcm = torch.randn(1, 1, 3 * codec.samples_per_frame, generator=torch.Generator().manual_seed(5)) * 0.3
-    assert torch.equal(codec.encode(pcm), TorchMimi(tiny_mimi).encode(pcm))
+    assert torch.equal(codec.encode(pcm), TorchMimi(mimi).encode(pcm))
     assert any("Mimi encoder" in event for event in context.events)

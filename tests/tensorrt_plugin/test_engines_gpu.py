@@ -40,3 +40,54 @@ def test_tiny_graph_builds_runs_and_matches_onnxruntime(trt_gpu, tmp_path):
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"inputs_embeds": inp.numpy()})[0]
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-3, rtol=1e-3)
 
+
+
+def _context(cache_dir, backend: str, device: str):
+    import logging
+
+    from csm_core.config import Settings
+    from csm_core.records import StageContext
+
+    settings = Settings(backend=backend, device=device, cache_dir=cache_dir, precision="fp32",
+                        options={"tensorrt": {"workspace_gib": 1.0, "max_prefill_len": 64, "opt_prefill_len": 32}})
+    return StageContext(stage="tts", settings=settings, registry=None, log=logging.getLogger("csm.test"))
+
+
+def test_tiny_greedy_utterance_gives_the_codes_of_onnxruntime_and_pytorch(trt_gpu, tmp_path):
+    """A whole greedy utterance after a context segment, fp32 plan: TensorRT (GPU), ONNX Runtime (CPU)
+    and PyTorch (CPU) engines driven by the same frame loop give identical codes. The ONNX graphs are
+    exported once (by the TensorRT path) and reused by ONNX Runtime."""
+    import copy
+
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from csm_core.generation.embedder import FrameEmbedder
+    from csm_core.generation.frames import generate_codes
+    from csm_core.generation.prompt import Segment, build_prompt
+    from csm_core.generation.sampling import SamplingParams
+    from csm_onnxruntime.engines import OnnxCsmEngines
+    from csm_pytorch.model import TorchCsmEngines
+    from csm_pytorch.presets import build_preset
+    from csm_tensorrt.artifacts import csm_engines
+
+    model, tokenizer = build_preset("tiny", 0)
+    k = model.args.num_codebooks
+    context_codes = torch.randint(0, 2048, (k, 6), generator=torch.Generator().manual_seed(3))
+    prompt = build_prompt([Segment(1, "how are you", context_codes)], 0, "fine thanks", tokenizer,
+                          num_codebooks=k, max_frames=12, max_positions=model.args.max_seq_len)
+    greedy = SamplingParams(temperature=0.0)
+
+    def codes(engines, csm):  # the frame loop moves the prompt to the embedder's (= the weights') device
+        return generate_codes(engines, FrameEmbedder.from_model(csm), prompt, max_frames=12, sampling=greedy,
+                              silence_guard=None).cpu()
+
+    on_gpu = copy.deepcopy(model).cuda()
+    trt_context = _context(tmp_path, "tensorrt", "cuda")
+    trt_codes = codes(csm_engines(on_gpu, trt_context), on_gpu)
+    ort_context = _context(tmp_path, "onnxruntime", "cpu")
+    ort_codes = codes(OnnxCsmEngines(model, ort_context), model)
+    torch_codes = codes(TorchCsmEngines(copy.deepcopy(model)), model)
+
+    assert not any("exporting" in event for event in ort_context.events)  # TensorRT's graphs were reused
+    assert torch_codes.shape[-1] > 3
+    assert torch.equal(ort_codes, torch_codes)
+    assert torch.equal(trt_codes, torch_codes)

@@ -1,0 +1,110 @@
+"""``csmctl bench``: run a matrix of backend x optimizer set x preset and write JSON, Markdown and PNG.
+
+The command function :func:`bench` is written for typer; ``csm_core.cli`` registers it (and
+``python -m csm_core.bench`` runs it alone). Nothing heavy is imported until it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from csm_core.errors import CsmError
+
+log = logging.getLogger("csm.bench")
+
+
+def bench(
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated backends; "
+                                          "'transformers-reference' adds transformers' generate as a reference row.")]
+    = "pytorch,onnxruntime",
+    optimizers: Annotated[str, typer.Option("--optimizers", help="Comma-separated optimizer sets: 'none' (the "
+                                            "baseline), a name, or names joined by '+'.")] = "none",
+    presets: Annotated[str, typer.Option("--presets", help="Comma-separated presets: tiny, small, csm-1b.")] = "small",
+    frames: Annotated[int, typer.Option("--frames", help="Frames generated per run (80 ms each).")] = 24,
+    repeats: Annotated[int, typer.Option("--repeats", help="Measured runs per cell (the median is reported).")] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", help="Unmeasured runs per cell before the measured ones.")] = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for bench.json, bench.md and bench.png.")]
+    = Path("bench-results"),
+    bandwidth_gbs: Annotated[Optional[float], typer.Option("--bandwidth-gbs", help="Memory bandwidth in GB/s for "
+                                                           "the physical floor; measured when left out.")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="The sentence every cell speaks.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime.")]
+    = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config the cells start from.")]
+    = None,
+) -> None:
+    """Benchmark backends x optimizer sets x presets; write bench.json, bench.md (ratios) and bench.png."""
+    try:
+        paths, failed = run_bench(
+            backends=backends, optimizers=optimizers, presets=presets, frames=frames, repeats=repeats,
+            warmup=warmup, out=out, bandwidth_gbs=bandwidth_gbs, text=text, threads=threads, device=device,
+            config=config,
+        )
+    except CsmError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    for path in paths:
+        typer.echo(f"wrote {path}")
+    if failed:
+        typer.secho(f"error: {failed} cell(s) failed; see the note column of {paths[1]}", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(1)
+
+
+def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repeats: int, warmup: int, out: Path,
+              bandwidth_gbs: float | None = None, text: str | None = None, threads: int | None = None,
+              device: str | None = None, config: Path | None = None) -> tuple[list[Path], int]:
+    """Run the matrix with a progress bar; returns (the files written, the number of failed cells)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from csm_core.bench.matrix import parse_matrix, split_names
+    from csm_core.bench.session import DEFAULT_TEXT, RunOptions, cell_settings
+
+    options = RunOptions(frames=frames, repeats=repeats, warmup=warmup, text=DEFAULT_TEXT if text is None else text,
+                         threads=threads, device=device, config=config, bandwidth_gbs=bandwidth_gbs)
+    # Syntax, --device and --config first: they fail in a moment, before torch is imported.
+    cells = parse_matrix(backends, optimizers, presets, known_presets=split_names(presets, "--presets"))
+    cell_settings(cells[0], options)
+    from csm_pytorch.presets import PRESETS  # imports torch
+
+    cells = parse_matrix(backends, optimizers, presets, PRESETS)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CsmError(f"--out {str(out)!r} is a file: give a directory for bench.json, bench.md and bench.png")
+    out.mkdir(parents=True, exist_ok=True)
+
+    from csm_core.bench.machine import machine_info
+    from csm_core.bench.plot import plot
+    from csm_core.bench.report import build_document, markdown, write_json
+    from csm_core.bench.runner import run_matrix
+    from csm_core.files import write_atomic
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("benchmark", total=len(cells))
+
+        def on_cell(cell, result) -> None:
+            if result is None:
+                progress.update(task, description=f"running {cell.id}")
+                return
+            progress.advance(task)
+            if result.status != "ok":
+                progress.console.print(f"{cell.id}: {result.status}: {result.reason}")
+
+        results = run_matrix(cells, options, on_cell=on_cell)
+    run = {"frames": frames, "repeats": repeats, "warmup": warmup, "text": options.text, "seed": options.seed,
+           "threads": threads, "device": device, "bandwidth_gbs": bandwidth_gbs,
+           "matrix": {"backends": backends, "optimizers": optimizers, "presets": presets}}
+    document = build_document(results, run, machine_info())
+    paths = [out / "bench.json", out / "bench.md", out / "bench.png"]
+    write_json(document, paths[0])
+    write_atomic(paths[1], (markdown(document) + "\n").encode("utf-8"))
+    plot(document, paths[2])
+    return paths, sum(result.status == "error" for result in results)

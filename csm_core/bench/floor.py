@@ -1,0 +1,148 @@
+"""The physical limit of a frame: the weight bytes it must read, over the memory bandwidth.
+
+Generating one frame (80 ms of audio) runs the CSM backbone once and the depth decoder once per
+codebook after the first (``K - 1`` passes). Each pass reads every weight of its transformer at least
+once, so with weights in memory that is not a cache, the time of a frame is at least::
+
+    floor seconds per frame = weight bytes read per frame / memory bandwidth (bytes/s)
+
+Bytes read per frame, each part at its own precision (``e`` bytes per element: fp32 4, fp16/bf16 2;
+the precision plan of :func:`csm_pytorch.sources.csm_part_dtypes` runs the transformer layers of the
+backbone and decoder in their precision and keeps embeddings and heads in float32)::
+
+    backbone:   layers x (attention + MLP + 2 norms) + final norm                       at e(backbone)
+    decoder:    (K - 1) x [layers x (attention + MLP + 2 norms) + final norm]           at e(decoder)
+    heads:      codebook-0 head (D x V) + (K - 1) x [projection (D x d) + one audio head (d x V)]
+    embeddings: the K rows (D each) of the frame's codes, gathered for the next backbone step
+
+KV-cache reads and activations are left out: the floor is a lower bound. A run faster than its floor
+(a multiple below 1) means the weights were served from CPU caches, not memory: the floor does not bind
+for models that small. The bandwidth is given (``--bandwidth-gbs``) or measured by :func:`measure_bandwidth`
+with a memory-copy probe, and the report says which.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def transformer_parameters(layers: int, dim: int, heads: int, kv_heads: int, mlp_dim: int) -> int:
+    """Weights of a Llama-style stack: q/k/v/o projections, gated MLP, two RMSNorms per layer, final norm."""
+    head_dim = dim // heads
+    attention = dim * heads * head_dim + 2 * dim * kv_heads * head_dim + heads * head_dim * dim
+    mlp = 3 * dim * mlp_dim
+    return layers * (attention + mlp + 2 * dim) + dim
+
+
+def parameters_read_per_frame(args) -> dict[str, int]:
+    """Weights read to generate one frame, by part (see the module docstring).
+
+    ``args`` has :class:`csm_pytorch.model.CsmArgs`' fields.
+    """
+    k = args.num_codebooks
+    backbone = transformer_parameters(
+        args.backbone_layers, args.backbone_dim, args.backbone_heads, args.backbone_kv_heads, args.backbone_mlp_dim
+    )
+    decoder = transformer_parameters(
+        args.decoder_layers, args.decoder_dim, args.decoder_heads, args.decoder_kv_heads, args.decoder_mlp_dim
+    )
+    heads = args.backbone_dim * args.audio_vocab_size + (k - 1) * (
+        args.backbone_dim * args.decoder_dim + args.decoder_dim * args.audio_vocab_size
+    )
+    return {"backbone": backbone, "decoder": (k - 1) * decoder, "heads": heads, "embeddings": k * args.backbone_dim}
+
+
+PARTS = ("backbone", "decoder", "heads", "embeddings")
+
+
+def precision_label(plan: Mapping[str, str]) -> str:
+    """``"fp32"`` when every part has one precision, else ``"backbone bf16, decoder bf16, heads fp32"``."""
+    values = {plan[part] for part in PARTS}
+    if len(values) == 1:
+        return values.pop()
+    return f"backbone {plan['backbone']}, decoder {plan['decoder']}, heads {plan['heads']}"
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The floor of one model at one precision plan on one machine."""
+
+    precision: str  # see precision_label
+    bytes_per_frame: int
+    bandwidth_bytes_per_s: float
+    bandwidth_source: str  # "given (--bandwidth-gbs)" or "measured (...)"
+
+    @property
+    def seconds_per_frame(self) -> float:
+        return self.bytes_per_frame / self.bandwidth_bytes_per_s
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.bandwidth_bytes_per_s / self.bytes_per_frame
+
+    def multiple(self, frames_per_second: float | None) -> float | None:
+        """How many times the floor a run at ``frames_per_second`` takes per frame (1.0 = at the limit)."""
+        return None if not frames_per_second else self.frames_per_second / frames_per_second
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "seconds_per_frame": self.seconds_per_frame,
+                "frames_per_second": self.frames_per_second}
+
+
+def floor_for(args, precision: str | Mapping[str, str], bandwidth_bytes_per_s: float, bandwidth_source: str) -> Floor:
+    """The :class:`Floor` of a model shaped by ``args``.
+
+    ``precision``: one of fp32/fp16/bf16 for every part, or a plan ``{"backbone", "decoder", "heads"}``
+    (embeddings follow the heads).
+    """
+    plan = dict.fromkeys(PARTS, precision) if isinstance(precision, str) else dict(precision)
+    plan.setdefault("embeddings", plan.get("heads"))
+    for part in PARTS:
+        if plan.get(part) not in BYTES_PER_ELEMENT:
+            raise ValueError(f"precision of {part}={plan.get(part)!r}: choose one of {', '.join(BYTES_PER_ELEMENT)}")
+    if not bandwidth_bytes_per_s > 0:
+        raise ValueError(f"bandwidth_bytes_per_s={bandwidth_bytes_per_s!r}: must be > 0 (bytes per second)")
+    parameters = parameters_read_per_frame(args)
+    total = sum(count * BYTES_PER_ELEMENT[plan[part]] for part, count in parameters.items())
+    return Floor(precision_label(plan), total, float(bandwidth_bytes_per_s), bandwidth_source)
+
+
+def measure_bandwidth(device: str = "cpu", megabytes: int = 128, repeats: int = 5) -> tuple[float, str]:
+    """(bytes/s, description) of the best of ``repeats`` copies of a ``megabytes`` buffer on ``device``.
+
+    A copy reads and writes every byte, so it counts ``2 x size`` bytes moved. On ``cuda`` the probe
+    uses torch on the GPU; on the CPU numpy (one thread, like a single stream: a lower bound of what all
+    cores reach together).
+    """
+    size = megabytes * 1024 * 1024
+    if device.startswith("cuda"):
+        import torch
+
+        source = torch.empty(size, dtype=torch.uint8, device=device)
+        target = torch.empty_like(source)
+        target.copy_(source)
+        best = float("inf")
+        for _ in range(repeats):
+            torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            target.copy_(source)
+            torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - started)
+        what = f"torch copy of {megabytes} MiB on {torch.cuda.get_device_name(device)}"
+    else:
+        import numpy as np
+
+        source = np.ones(size, dtype=np.uint8)
+        target = np.empty_like(source)
+        np.copyto(target, source)
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            np.copyto(target, source)
+            best = min(best, time.perf_counter() - started)
+        what = f"numpy copy of {megabytes} MiB in host memory, best of {repeats}"
+    return 2 * size / best, f"measured ({what})"

@@ -1,0 +1,106 @@
+"""``csmctl chat``'s turn logic: a conversation kept in a state file across real tiny-preset turns."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from audio_signals import tone
+from csm_core.chat import chat_turn
+from csm_core.config import Settings
+from csm_core.conversation import Conversation
+from csm_core.errors import CsmError
+from csm_core.plugins import Plugins
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache dir for the module: the tiny chat LM is written into it once."""
+    return tmp_path_factory.mktemp("chat-cache")
+
+
+def settings(cache, **extra) -> Settings:
+    return Settings(
+        device="cpu", models={"preset": "tiny"}, cache_dir=cache,
+        generation={"max_new_frames": 3, "seed": 0, "temperature": 0.0},
+        options={"transformers": {"max_new_tokens": 6}}, **extra,
+    )
+
+
+def plugins() -> Plugins:
+    return Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,listen"})
+
+
+@pytest.mark.slow  # two turns through the tiny LLM and CSM (~20 s on 2 busy cores)
+def test_two_turns_build_up_the_context_in_the_state_file(tmp_path, cache, monkeypatch):
+    state = tmp_path / "chat.json"
+    first = chat_turn(state, settings(cache), text="Hello there.", plugins=plugins())
+    assert first.created and first.conversation.turns == 1
+    saved = Conversation.load(state)
+    assert [s.text for s in saved.segments] == ["Hello there.", first.turn.reply.text]
+    assert saved.segments[0].speaker == 1 and saved.segments[0].codes is None  # text in: no audio
+    np.testing.assert_array_equal(saved.segments[1].codes, first.turn.reply_codes)
+    assert saved.segments[1].codes.shape[1] == first.turn.metrics.frames >= 1
+
+    second = chat_turn(state, settings(cache), text="How are you?", plugins=plugins())
+    assert not second.created and second.conversation.turns == 2
+    saved2 = Conversation.load(state)
+    assert len(saved2.segments) == 4 and Conversation(saved2.segments[:2]).same_codes(saved)
+    assert saved2.segments[2].text == "How are you?"
+    np.testing.assert_array_equal(saved2.segments[3].codes, second.turn.reply_codes)
+
+    # a crash while saving the third turn leaves the second turn's state intact
+    before = state.read_bytes()
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        chat_turn(state, settings(cache), text="Third?", plugins=plugins())
+    monkeypatch.undo()
+    assert state.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["chat.json"]
+    assert Conversation.load(state).turns == 2
+
+
+def test_voice_reference_is_kept_and_checked(tmp_path, cache, write_wav):
+    clip = write_wav("voice.wav", tone(200.0, 0.3, 16000), 16000)
+    state = tmp_path / "chat.json"
+    Conversation().save(state)
+    from csm_core.chat import _resolve_voice
+
+    conversation = Conversation.load(state)
+    configured = settings(cache, voice={"audio": str(clip), "text": "My voice."})
+    _, events = _resolve_voice(configured, conversation)
+    assert events == [] and conversation.voice.path == clip and conversation.voice.text == "My voice."
+    # a later turn without [voice] uses the conversation's
+    resolved, _ = _resolve_voice(settings(cache), conversation)
+    assert (resolved.voice.audio, resolved.voice.text) == (clip, "My voice.")
+    # another clip switches, and says so
+    other = write_wav("other.wav", tone(300.0, 0.3, 16000), 16000)
+    _, events = _resolve_voice(settings(cache, voice={"audio": str(other), "text": "Other."}), conversation)
+    assert len(events) == 1 and "voice profile changed" in events[0] and conversation.voice.path == other
+    # the clip changed on disk since: a clear error
+    write_wav("other.wav", tone(310.0, 0.3, 16000), 16000)
+    with pytest.raises(CsmError, match="changed since the conversation started"):
+        _resolve_voice(settings(cache), conversation)
+    other.unlink()
+    with pytest.raises(CsmError, match="no longer exists"):
+        _resolve_voice(settings(cache), conversation)
+
+
+def test_bad_state_file_and_arguments_are_errors_before_anything_runs(tmp_path, cache):
+    state = tmp_path / "chat.json"
+    state.write_text(json.dumps({"format": "csm-multi-conversation", "version": 99, "segments": []}))
+    with pytest.raises(CsmError, match="has version 99"):
+        chat_turn(state, settings(cache), text="hi", plugins=Plugins())
+    with pytest.raises(CsmError, match="either audio or text"):
+        chat_turn(state, settings(cache), plugins=Plugins())
+    with pytest.raises(CsmError, match="does not exist"):
+        chat_turn(tmp_path / "missing" / "chat.json", settings(cache), text="hi", plugins=Plugins())

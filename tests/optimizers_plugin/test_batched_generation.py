@@ -1,0 +1,202 @@
+"""The ``batched-generation`` optimizer: ``speak_many`` in batches vs one by one, and ``CsmSpeaker.speak_batch``.
+
+Quality gate (effect "exact"): under greedy decoding every row of a ragged batch gets the codes it gets
+when spoken alone, on the tiny preset's random weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from csm_core import hookimpl
+from csm_core.batched import speak_many
+from csm_core.config import Settings
+from csm_core.errors import ConfigError, CsmError
+from csm_core.pipeline import Pipeline
+from csm_core.plugins import Plugins
+from csm_core.stages import Segment, SpeechParams, SpeechRequest
+from csm_optimizers.batched_generation import OPTIMIZER
+
+torch = pytest.importorskip("torch")
+
+FRAMES = 6
+GREEDY = {"temperature": 0.0, "max_new_frames": FRAMES}
+TEXTS = ["Hi.", "A rather longer sentence to say.", "Medium length!"]  # prompts of different lengths
+
+
+class _OptimizerPlugin:
+    @hookimpl
+    def register_optimizers(self, register):
+        register(OPTIMIZER)
+
+
+def pipeline(**settings) -> Pipeline:
+    settings.setdefault("models", {"preset": "tiny"})
+    settings.setdefault("device", "cpu")
+    settings.setdefault("generation", GREEDY)
+    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch"})
+    plugins.register(_OptimizerPlugin(), name="batched-generation-test")
+    return Pipeline(Settings(**settings), plugins)
+
+
+def greedy_request(text: str, context=()) -> SpeechRequest:
+    return SpeechRequest(text, 0, SpeechParams(0.0, 50, 1.0, FRAMES, seed=0), context)
+
+
+def speak_rows(speaker, requests) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``speak_batch`` -> per row (codes [K,F], samples), checking rows come in row order at each step."""
+    chunks = [[] for _ in requests]
+    for row, chunk in speaker.speak_batch(requests):
+        chunks[row].append(chunk)
+    return [(np.concatenate([c.codes for c in row], axis=1), np.concatenate([c.samples for c in row]))
+            for row in chunks]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """One tiny-preset pipeline (no optimizer) shared by the stage-level tests."""
+    with pipeline() as p:
+        yield p
+
+
+def test_ragged_batch_gives_each_row_its_codes_spoken_alone(tiny):
+    earlier = Segment(1, "Earlier words.", np.random.default_rng(0).integers(1, 2048, (32, 3)))
+    requests = [greedy_request(TEXTS[0]), greedy_request(TEXTS[1]), greedy_request(TEXTS[2], (earlier,))]
+    speaker = tiny.stage("tts")
+    lengths = {len(speaker._prompt(r)) for r in requests}
+    assert len(lengths) == 3  # really ragged
+    rows = speak_rows(speaker, requests)
+    for request, (codes, samples) in zip(requests, rows):
+        alone = list(speaker.speak(request))
+        want_codes = np.concatenate([c.codes for c in alone], axis=1)
+        assert codes.shape == (32, FRAMES) and np.array_equal(codes, want_codes)
+        # the batched streaming decoder sums in another order: audio equal to float tolerance
+        np.testing.assert_allclose(samples, np.concatenate([c.samples for c in alone]), atol=1e-4, rtol=0)
+    assert len({r[0].tobytes() for r in rows}) == 3
+
+
+class ForcedEnd:
+    """Pushes the logits of row r to code 0 from frame ``end[r]`` on, so that row makes the all-zero
+    end-of-speech frame there; wraps the real engines' backbone and decoder (the model still runs)."""
+
+    def __init__(self, backbone, decoder, end: list[int | None]) -> None:
+        self.inner_backbone, self.inner_decoder, self.end, self.frame = backbone, decoder, end, -1
+        self.max_positions = backbone.max_positions
+
+    def push(self, logits):
+        logits = logits.clone()
+        for row, stop in enumerate(self.end[: logits.shape[0]]):
+            if stop is not None and self.frame >= stop:
+                logits[row, 0] += 1e4
+        return logits
+
+    # BackboneEngine
+    def reset(self):
+        self.inner_backbone.reset()
+
+    def prefill(self, embeds, positions):
+        self.frame = 0
+        hidden, logits = self.inner_backbone.prefill(embeds, positions)
+        return hidden, self.push(logits)
+
+    def step(self, embed, position):
+        self.frame += 1
+        hidden, logits = self.inner_backbone.step(embed, position)
+        return hidden, self.push(logits)
+
+
+class ForcedEndDecoder:
+    def __init__(self, forced: ForcedEnd) -> None:
+        self.forced = forced
+
+    def reset(self):
+        self.forced.inner_decoder.reset()
+
+    def step(self, x, positions):
+        return self.forced.push(self.forced.inner_decoder.step(x, positions))
+
+
+def forced_end_engines(model, end: list[int | None]):
+    """The PyTorch engines of ``model`` (caches for len(end) rows) with rows ending at ``end``."""
+    from csm_pytorch.model import TorchCsmEngines
+
+    engines = TorchCsmEngines(model, batch_size=len(end))
+    engines.backbone = ForcedEnd(engines.backbone, engines.decoder, end)
+    engines.decoder = ForcedEndDecoder(engines.backbone)
+    return engines
+
+
+def test_a_row_that_ended_is_no_longer_yielded(tiny):
+    speaker = tiny.stage("tts")
+    requests = [greedy_request(t) for t in TEXTS]
+    alone = [np.concatenate([c.codes for c in speaker.speak(r)], axis=1) for r in requests]
+    plain = speaker.engines
+    try:
+        speaker.engines = forced_end_engines(plain.model, [2, None, 4])
+        steps = [row for row, _ in speaker.speak_batch(requests)]
+        rows = speak_rows(speaker, requests)
+    finally:
+        speaker.engines = plain
+    assert steps == [0, 1, 2, 0, 1, 2, 1, 2, 1, 2, 1, 1]  # row 0 ends at frame 2, row 2 at 4, row 1 runs on
+    for (codes, samples), want, frames in zip(rows, alone, (2, FRAMES, 4)):
+        assert codes.shape == (32, frames) and np.array_equal(codes, want[:, :frames])
+        assert samples.shape == (frames * 1920,)
+
+
+def test_optimizer_switches_the_path_but_not_the_codes():
+    with pipeline() as p:
+        sequential = speak_many(p, TEXTS, context=())
+    with pipeline(optimizers=["batched-generation"], options={"batched-generation": {"max_batch": 2}}) as p:
+        batched = speak_many(p, TEXTS, context=())
+    assert [t.path for t in sequential] == ["sequential"] * 3
+    assert [t.path for t in batched] == ["batched"] * 3
+    assert [t.batch_size for t in batched] == [2, 2, 1]  # max_batch=2: two batches
+    assert batched[0].to_dict()["path"] == "batched"
+    for seq, bat in zip(sequential, batched):
+        assert np.array_equal(seq.reply_codes, bat.reply_codes)
+        assert bat.metrics.frames == FRAMES and bat.audio.sample_rate == 24000
+        np.testing.assert_allclose(seq.audio.samples, bat.audio.samples, atol=1e-4, rtol=0)
+        assert bat.metrics.stages[0].stage == "tts" and bat.metrics.time_to_first_audio_s is not None
+
+
+def test_bad_inputs_are_clear_errors(tiny):
+    speaker = tiny.stage("tts")
+    with pytest.raises(CsmError, match="no requests given"):
+        list(speaker.speak_batch([]))
+    other = SpeechRequest("Two.", 0, SpeechParams(0.0, 50, 1.0, FRAMES + 1, seed=0))
+    with pytest.raises(CsmError, match="request 1 has params .* one batch shares its sampling parameters"):
+        list(speaker.speak_batch([greedy_request("One."), other]))
+    from csm_pytorch.cuda_graphs import cuda_graph_engines
+
+    plain = speaker.engines
+    try:  # static-step engines (CUDA graphs, here without capture) would replay with stale caches if grown
+        speaker.engines = cuda_graph_engines(plain.model, 1, capture=False)
+        with pytest.raises(CsmError, match=r"GraphedBackbone\) run a fixed batch of 1 .*cuda_graphs = false"):
+            list(speaker.speak_batch([greedy_request("One."), greedy_request("Two.")]))
+    finally:
+        speaker.engines = plain
+    with pytest.raises(CsmError, match="speak_batch: request 1: the text to speak is empty"):
+        list(speaker.speak_batch([greedy_request("One."), greedy_request(" ")]))
+    with pytest.raises(CsmError, match=r"no texts given"):
+        speak_many(tiny, [])
+    with pytest.raises(CsmError, match=r"texts\[1\]='  ' must be a non-empty string"):
+        speak_many(tiny, ["fine", "  "])
+    with pytest.raises(ConfigError, match="max_batch"):
+        pipeline(optimizers=["batched-generation"], options={"batched-generation": {"max_batch": 0}})
+    with pytest.raises(ConfigError, match="max_batch"):  # more rows than the batch may hold
+        pipeline(optimizers=["batched-generation"], options={"batched-generation": {"max_batch": 65}})
+
+
+@pytest.mark.slow  # exports the tiny ONNX graphs (tens of seconds on a busy 2-core machine)
+def test_a_backend_that_cannot_batch_is_named_with_what_to_do(tmp_path):
+    pytest.importorskip("onnxruntime")
+    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,onnxruntime"})
+    plugins.register(_OptimizerPlugin(), name="batched-generation-test")
+    settings = Settings(models={"preset": "tiny"}, device="cpu", backend="onnxruntime", cache_dir=tmp_path,
+                        generation=GREEDY, optimizers=["batched-generation"])
+    with Pipeline(settings, plugins) as p:
+        cannot = r"the 'onnxruntime' backend's csm engines \(OnnxCsmEngines.*fixed batch of 1.*'pytorch'"
+        with pytest.raises(CsmError, match=cannot):
+            speak_many(p, TEXTS[:2], context=())
+        assert speak_many(p, TEXTS[:1], context=())[0].metrics.frames == FRAMES  # one row still runs
