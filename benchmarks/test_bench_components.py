@@ -1,6 +1,7 @@
 """Component benchmarks: one engine call at a time, on each backend's engines as the ``csm`` stage built them.
 
-Groups, one per component: ``component backbone.step`` (one backbone position after a prefill),
+Groups, one per component: ``component backbone.prefill`` (the benchmark text's prompt from an empty
+cache), ``component backbone.step`` (one backbone position after that prefill),
 ``component decoder.frame`` (the depth decoder's K-1 steps of one frame), ``component codec.decode_step``
 (Mimi decoding one frame with its streaming state). The engines are taken from a loaded baseline cell
 (:class:`csm_core.bench.session.CellSession`) of each backend in ``CSM_BENCH_BACKENDS``, on the
@@ -17,7 +18,7 @@ from csm_core.bench.matrix import REFERENCE_BACKEND, Cell, split_names
 from csm_core.bench.session import SKIP_ERRORS, CellSession, skip_reason
 
 BACKENDS = [name for name in split_names(BENCH_BACKENDS, "CSM_BENCH_BACKENDS") if name != REFERENCE_BACKEND]
-COMPONENTS = ("backbone.step", "decoder.frame", "codec.decode_step")
+COMPONENTS = ("backbone.prefill", "backbone.step", "decoder.frame", "codec.decode_step")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def speakers(matrix_runner):
         session.close()
 
 
-def _time_backbone_step(benchmark, speaker):
+def _prompt(speaker):
+    """(embeddings [1, T, D], positions [1, T]) of the benchmark text's prompt, as the csm stage builds it."""
     from csm_core.bench.session import DEFAULT_TEXT
     from csm_core.generation import build_prompt
 
@@ -50,9 +52,26 @@ def _time_backbone_step(benchmark, speaker):
     prompt = build_prompt([], 0, DEFAULT_TEXT, speaker.tokenizer, num_codebooks=embedder.num_codebooks,
                           max_frames=8, max_positions=engines.backbone.max_positions)
     tokens, mask = prompt.tokens[None].to(embedder.device), prompt.mask[None].to(embedder.device)
-    positions = torch.arange(tokens.shape[1], device=embedder.device)[None]
+    return embedder.embed_frames(tokens, mask), torch.arange(tokens.shape[1], device=embedder.device)[None]
+
+
+def _time_backbone_prefill(benchmark, speaker):
+    backbone = speaker.engines.backbone
+    embeds, positions = _prompt(speaker)
+
+    def prefill():
+        backbone.reset()
+        backbone.prefill(embeds, positions)
+
+    benchmark.pedantic(prefill, rounds=10, warmup_rounds=1)
+    benchmark.extra_info["positions"] = int(positions.shape[1])
+
+
+def _time_backbone_step(benchmark, speaker):
+    engines, embedder = speaker.engines, speaker.embedder
+    embeds, positions = _prompt(speaker)
     engines.backbone.reset()
-    engines.backbone.prefill(embedder.embed_frames(tokens, mask), positions)
+    engines.backbone.prefill(embeds, positions)
     frame = torch.ones(1, embedder.num_codebooks, dtype=torch.long, device=embedder.device)
     embed, position = embedder.embed_codes(frame), positions[:, -1:] + 1
     benchmark.pedantic(lambda: engines.backbone.step(embed, position), rounds=20, warmup_rounds=2)
@@ -87,7 +106,7 @@ def _time_codec_step(benchmark, speaker):
     benchmark.pedantic(step, rounds=20, warmup_rounds=2)
 
 
-TIMERS = {"backbone.step": _time_backbone_step, "decoder.frame": _time_decoder_frame,
+TIMERS = {"backbone.prefill": _time_backbone_prefill, "backbone.step": _time_backbone_step, "decoder.frame": _time_decoder_frame,
           "codec.decode_step": _time_codec_step}
 
 

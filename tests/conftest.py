@@ -17,3 +17,18 @@ def write_wav(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def lm():
+    """A tiny random Llama (transformers) with a wide initialisation, so greedy decoding does not just
+    repeat one token: the causal-LM engine tests drive it on every backend."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3,
+    )
+    return LlamaForCausalLM(config).eval()

@@ -37,13 +37,19 @@ def bench(
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config the cells start from.")]
     = None,
+    utterances: Annotated[int, typer.Option("--utterances", help="Utterances per measured run, spoken through "
+                                            "speak_many (the text, then the text with a growing numeral suffix): "
+                                            "batched in the batched-generation cell, one by one in the others; "
+                                            "figures cover all of them (frames/s = total frames / wall seconds, "
+                                            "first audio = the run's first chunk, codes concatenated in order). "
+                                            "1 speaks the text once, as Pipeline.speak.")] = 1,
 ) -> None:
     """Benchmark backends x optimizer sets x presets; write bench.json, bench.md (ratios) and bench.png."""
     try:
         paths, failed = run_bench(
             backends=backends, optimizers=optimizers, presets=presets, frames=frames, repeats=repeats,
             warmup=warmup, out=out, bandwidth_gbs=bandwidth_gbs, text=text, threads=threads, device=device,
-            config=config,
+            config=config, utterances=utterances,
         )
     except CsmError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -58,7 +64,8 @@ def bench(
 
 def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repeats: int, warmup: int, out: Path,
               bandwidth_gbs: float | None = None, text: str | None = None, threads: int | None = None,
-              device: str | None = None, config: Path | None = None) -> tuple[list[Path], int]:
+              device: str | None = None, config: Path | None = None,
+              utterances: int = 1) -> tuple[list[Path], int]:
     """Run the matrix with a progress bar; returns (the files written, the number of failed cells)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,7 +74,8 @@ def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repe
     from csm_core.bench.session import DEFAULT_TEXT, RunOptions, cell_settings
 
     options = RunOptions(frames=frames, repeats=repeats, warmup=warmup, text=DEFAULT_TEXT if text is None else text,
-                         threads=threads, device=device, config=config, bandwidth_gbs=bandwidth_gbs)
+                         threads=threads, device=device, config=config, bandwidth_gbs=bandwidth_gbs,
+                         utterances=utterances)
     # Syntax, --device and --config first: they fail in a moment, before torch is imported.
     cells = parse_matrix(backends, optimizers, presets, known_presets=split_names(presets, "--presets"))
     cell_settings(cells[0], options)
@@ -99,7 +107,8 @@ def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repe
                 progress.console.print(f"{cell.id}: {result.status}: {result.reason}")
 
         results = run_matrix(cells, options, on_cell=on_cell)
-    run = {"frames": frames, "repeats": repeats, "warmup": warmup, "text": options.text, "seed": options.seed,
+    run = {"frames": frames, "repeats": repeats, "warmup": warmup, "utterances": utterances, "text": options.text,
+           "seed": options.seed,
            "threads": threads, "device": device, "bandwidth_gbs": bandwidth_gbs,
            "matrix": {"backends": backends, "optimizers": optimizers, "presets": presets}}
     document = build_document(results, run, machine_info())

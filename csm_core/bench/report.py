@@ -3,13 +3,14 @@
 JSON (``schema: "csm-multi-bench/1"``)::
 
     {"schema", "created", "machine": {cpu, cores, versions, gpu, ...},
-     "run": {frames, repeats, warmup, text, seed, threads, device, bandwidth_gbs},
+     "run": {frames, repeats, warmup, utterances, text, seed, threads, device, bandwidth_gbs},
      "cells": [{"id", "preset", "backend", "optimizers": [...], "status": "ok"|"skipped"|"error",
                 "reason", "precision", "effects": {optimizer: "exact"|"approximate"},
                 "figures": {frames, frames_per_second, real_time_factor, time_to_first_audio_s,
                             stage_seconds: {stage: s}, load_seconds, peak_rss_bytes, added_rss_bytes,
                             peak_device_bytes, paired_speedup, paired_ratios: [...],
-                            repeat_code_agreement, x_floor, generation_seconds: [...], device},
+                            repeat_code_agreement, x_floor, generation_seconds: [...], device,
+                            speak_paths: [...], batch_sizes: [...] (only with utterances > 1)},
                 "floor": {precision, bytes_per_frame, bandwidth_bytes_per_s, bandwidth_source,
                           seconds_per_frame, frames_per_second},
                 "quality": {code_agreement, snr_db, log_spectral_distance_db, versus} | null,
@@ -148,6 +149,10 @@ def _row(cell: dict, cells: list[dict]) -> str:
     agreement = quality.get("code_agreement")
     if exact and len(exact) == len(cell["effects"]) and agreement is not None and agreement != 1.0:
         notes.append(f"QUALITY GATE FAILED: exact optimizer(s) {', '.join(exact)} changed the codes")
+    if figures.get("speak_paths"):
+        paths = ", ".join(dict.fromkeys(figures["speak_paths"]))
+        notes.append(f"{len(figures['speak_paths'])} utterances per run, {paths} "
+                     f"(largest batch {max(figures.get('batch_sizes') or [1])})")
     if figures.get("repeat_code_agreement", 1.0) < 1.0:
         notes.append(f"repeats differ (code agreement {figures['repeat_code_agreement']:.3f})")
     if figures.get("paired_speedup") is not None:
@@ -182,6 +187,15 @@ def _load(machine: dict) -> str:
     return f", load average {load[0]:.1f} (other work shares the cores when it exceeds them)" if load else ""
 
 
+def _utterances(run: dict) -> str:
+    count = run.get("utterances", 1)
+    if count == 1:
+        return ""
+    return (f" x {count} utterances per run through speak_many (batched in the batched-generation cell, one by "
+            "one elsewhere; frames/s = total frames / wall seconds, first audio = the run's first chunk, "
+            "codes compared concatenated)")
+
+
 def markdown(document: dict) -> str:
     """The document as Markdown: machine, run settings, the floor, and a table of ratios per preset."""
     machine, run, cells = document.get("machine", {}), document.get("run", {}), document["cells"]
@@ -191,7 +205,8 @@ def markdown(document: dict) -> str:
         f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}; {versions}. Run {document.get('created', '?')}"
         f"{_load(machine)}.",
         "",
-        f"Each cell: greedy, seed {run.get('seed', '?')}, {run.get('frames', '?')} frames, "
+        f"Each cell: greedy, seed {run.get('seed', '?')}, {run.get('frames', '?')} frames"
+        f"{_utterances(run)}, "
         f"{run.get('warmup', '?')} warm-up + median of {run.get('repeats', '?')} runs; frames/s and RTF cover the "
         "whole TTS stage (CSM + Mimi decode of each frame); the transformers reference generates codes only. "
         "Speed-up vs none is paired (baseline and optimized utterances alternate, ABBA) where the baseline ran in "

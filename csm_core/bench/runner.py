@@ -1,23 +1,29 @@
 """Runs benchmark cells and measures them; keeps each baseline's output to judge the optimized cells.
 
-Per cell: load (timed), ``warmup`` unmeasured utterances, then ``repeats`` measured ones. Figures use
+Per cell: load (timed), ``warmup`` unmeasured units, then ``repeats`` measured ones. A unit is one
+utterance, or with ``--utterances N`` N utterances spoken by ``speak_many`` (batched in the
+``batched-generation`` cell, one by one in the others; :meth:`CellSession.measure`): its frames and
+audio are the N turns' together, its seconds the wall seconds of the whole call, its first audio the
+first chunk any of its turns gave, its codes and audio the turns' concatenated in order. Figures use
 the median repeat:
 
 - ``frames_per_second``: frames generated / seconds of the TTS stage (CSM + Mimi decode of every frame)
 - ``real_time_factor``: those seconds / seconds of audio produced (below 1 is faster than real time)
-- ``time_to_first_audio_s``: from the start of the utterance to the first decoded 80 ms chunk
+- ``time_to_first_audio_s``: from the start of the unit to the first decoded 80 ms chunk
+- ``speak_paths`` / ``batch_sizes`` (``--utterances`` > 1 only): each utterance's ``speak_many`` path
+  (``batched`` / ``sequential``) and the rows generated with it, in the first measured unit
 - ``stage_seconds``: per-stage seconds from the turn's metrics
 - ``peak_rss_bytes`` / ``peak_device_bytes``: see :mod:`csm_core.bench.memory`
 - ``x_floor``: measured seconds per frame / the physical floor's (:mod:`csm_core.bench.floor`)
 
-The first measured utterance of the baseline cell (optimizers ``none``) of each backend x preset is
+The first measured unit of the baseline cell (optimizers ``none``) of each backend x preset is
 kept; every optimized cell of that backend x preset is compared with it by
 :func:`csm_core.quality.compare_runs` (codes and audio). ``repeat_code_agreement`` compares each cell's
 repeats with its own first one: below 1.0 the run is not reproducible and no quality claim holds.
 
 Speed-ups are paired: the baseline cell's pipeline stays loaded while the optimized cells of its
 backend x preset run, and each measured repeat speaks once with each, in ABBA order
-(``paired_speedup`` = median of baseline seconds / optimized seconds). On a machine whose load drifts
+(``paired_speedup`` = median of baseline seconds / optimized seconds, per unit). On a machine whose load drifts
 (shared CI cores) this cancels what unpaired rates measured minutes apart cannot. Each pipeline gets
 its own plugin manager, so one cell's optimizer hooks never act on another cell's pipeline.
 """
@@ -69,14 +75,14 @@ class CellResult:
 
 @dataclass
 class Output:
-    """The codes [K, F] and audio samples of one utterance."""
+    """The codes [K, F] and audio samples of one utterance (or unit: its utterances concatenated)."""
 
     codes: np.ndarray
     audio: np.ndarray | None
 
     @classmethod
     def of(cls, turn) -> "Output":
-        """The codes and audio of a pipeline :class:`~csm_core.pipeline.Turn`."""
+        """The codes and audio of a pipeline :class:`~csm_core.pipeline.Turn` or a bench ``Unit``."""
         return cls(turn.reply_codes, None if turn.audio is None else turn.audio.samples)
 
 
@@ -87,7 +93,7 @@ def quality_against(baseline: Output, output: Output, versus: str) -> dict:
 
 
 def turn_figures(turns) -> dict:
-    """Frames, rates and per-stage seconds of measured turns (the median turn; see the module docstring)."""
+    """Frames, rates and per-stage seconds of measured turns or units (the median; see the module docstring)."""
     metrics = [turn.metrics for turn in turns]
     seconds = [m.generation_seconds for m in metrics]
     frames = metrics[0].frames
@@ -169,16 +175,16 @@ class MatrixRunner:
             session = CellSession(cell, options, self.new_plugins())
             try:
                 for _ in range(options.warmup):
-                    session.speak()
-                turns = []
+                    session.measure()
+                turns = []  # a Turn per repeat, or a Unit of `utterances` turns
                 for repeat in range(options.repeats):
                     if partner is None:
-                        turns.append(session.speak())
+                        turns.append(session.measure())
                         continue
                     if repeat % 2 == 0:  # ABBA: a load trend hits both sides alike
-                        base, turn = partner.speak(), session.speak()
+                        base, turn = partner.measure(), session.measure()
                     else:
-                        turn, base = session.speak(), partner.speak()
+                        turn, base = session.measure(), partner.measure()
                     turns.append(turn)
                     paired.append(base.metrics.generation_seconds / turn.metrics.generation_seconds)
                 precision, device = session.precision, _tts_device(session)
@@ -193,13 +199,16 @@ class MatrixRunner:
                    "added_rss_bytes": peak.added_host_bytes, "peak_rss_source": peak.host_source,
                    "peak_device_bytes": peak.device_bytes, "device": device,
                    "paired_speedup": statistics.median(paired) if paired else None, "paired_ratios": paired}
+        if options.utterances > 1:
+            figures["speak_paths"], figures["batch_sizes"] = turns[0].paths, turns[0].batch_sizes
         outputs = [Output.of(turn) for turn in turns]
         figures["repeat_code_agreement"] = min(code_agreement(outputs[0].codes, o.codes) for o in outputs)
         floor = floor_for(get_preset(cell.preset).args, precision, *self.bandwidth(device))
         figures["x_floor"] = floor.multiple(figures["frames_per_second"])
         events = sorted({event for turn in turns for event in turn.metrics.events})
-        if figures["frames"] != options.frames:
-            events.append(f"generated {figures['frames']} of {options.frames} frames (end of speech): "
+        expected = options.frames * options.utterances
+        if figures["frames"] != expected:
+            events.append(f"generated {figures['frames']} of {expected} frames (end of speech): "
                           "rates are per frame generated")
         return CellResult(cell, "ok", precision=floor.precision, figures=figures, floor=floor.to_dict(),
                           quality=self._quality(cell, outputs[0]), events=events)
@@ -247,8 +256,10 @@ class MatrixRunner:
         }
         floor = floor_for(get_preset(cell.preset).args, "fp32", *self.bandwidth("cpu"))
         figures["x_floor"] = floor.multiple(figures["frames_per_second"])
-        return CellResult(cell, "ok", precision="fp32", figures=figures, floor=floor.to_dict(),
-                          events=["codes only: transformers' generate, no Mimi decode"])
+        events = ["codes only: transformers' generate, no Mimi decode"]
+        if options.utterances > 1:
+            events.append(f"one utterance per run: --utterances {options.utterances} applies to pipeline cells")
+        return CellResult(cell, "ok", precision="fp32", figures=figures, floor=floor.to_dict(), events=events)
 
 
 def run_matrix(cells: list[Cell], options: RunOptions, plugins_factory: Callable[[], "Plugins"] | None = None,

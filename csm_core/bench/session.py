@@ -6,13 +6,18 @@ hooks as in real use. Generation is greedy with a fixed seed and frame count, an
 patience is set to the frame count (the first frame is never silent, so it cannot fire): every backend
 and optimizer set does the same number of frames unless the model emits the end-of-speech frame, and
 the measured frame count is what the rates are computed from.
+
+With ``utterances`` N > 1 a measured unit is N utterances (:func:`utterance_texts`) spoken through
+:func:`csm_core.batched.speak_many` — in batches when the cell lists ``batched-generation``, one by
+one otherwise — and :meth:`CellSession.measure` returns them as one :class:`Unit`. With N = 1 it is
+the single :meth:`CellSession.speak` turn, exactly as before utterances existed.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +46,10 @@ class RunOptions:
     device: str | None = None  # None: the config's (default auto)
     config: Path | None = None  # a TOML file the cells' settings start from
     bandwidth_gbs: float | None = None  # None: measured
+    utterances: int = 1  # utterances per measured unit (speak_many); 1: one Pipeline.speak turn
 
     def __post_init__(self) -> None:
-        for name, low in (("frames", 1), ("repeats", 1), ("warmup", 0)):
+        for name, low in (("frames", 1), ("repeats", 1), ("warmup", 0), ("utterances", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise CsmError(f"--{name}={value!r}: must be an integer >= {low}")
@@ -53,6 +59,60 @@ class RunOptions:
             raise CsmError(f"--bandwidth-gbs={self.bandwidth_gbs!r}: must be > 0 (GB/s), or leave it out to measure")
         if not self.text.strip():
             raise CsmError("--text is empty: give a sentence to speak")
+
+
+def utterance_texts(text: str, utterances: int) -> list[str]:
+    """The ``utterances`` texts of a unit: ``text``, then ``text`` with a growing numeral suffix.
+
+    ``utterance_texts("Hi.", 3) == ["Hi.", "Hi. 1", "Hi. 1 2"]``: every prompt has a different length,
+    so a batch of them is ragged (left-padded) as real batches are.
+    """
+    return [text] + [f"{text} {' '.join(str(k) for k in range(1, i + 1))}" for i in range(1, utterances)]
+
+
+@dataclass
+class Unit:
+    """One measured unit of N utterances, shaped like a :class:`~csm_core.pipeline.Turn` for the runner.
+
+    - ``turns``: the :class:`~csm_core.batched.SpokenTurn` of each text, in order;
+    - ``metrics``: ``frames`` and ``audio_seconds`` summed over the turns; ``generation_seconds`` the wall
+      seconds of the whole ``speak_many`` call; ``time_to_first_audio_s`` from the call's start to the
+      unit's first audio chunk (whichever turn gave it); ``stages`` each distinct stage timing once (a
+      batch's tts timing is shared by its rows); ``events`` the turns' events, each once;
+    - ``reply_codes`` [K, sum of frames]: the turns' codes concatenated in order; ``audio``: their samples
+      concatenated in order;
+    - ``paths``: each turn's ``path`` (``batched`` / ``sequential``); ``batch_sizes``: each turn's rows.
+    """
+
+    turns: list
+    metrics: Any
+    reply_codes: Any
+    audio: Any
+    paths: list[str] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, turns: list, started: float, seconds: float) -> "Unit":
+        """Aggregate ``turns`` spoken by one call that began at ``perf_counter()`` ``started``, lasting ``seconds``."""
+        import numpy as np
+
+        from csm_core.audio import Audio
+        from csm_core.metrics import TurnMetrics
+
+        firsts = [t.started + t.metrics.time_to_first_audio_s - started
+                  for t in turns if t.metrics.time_to_first_audio_s is not None]
+        stages = list({id(timing): timing for t in turns for timing in t.metrics.stages}.values())
+        metrics = TurnMetrics(
+            stages=stages, time_to_first_audio_s=min(firsts) if firsts else None,
+            audio_seconds=sum(t.metrics.audio_seconds for t in turns), generation_seconds=seconds,
+            frames=sum(t.metrics.frames for t in turns),
+            events=list(dict.fromkeys(event for t in turns for event in t.metrics.events)),
+        )
+        codes = [t.reply_codes for t in turns if t.reply_codes is not None]
+        audios = [t.audio for t in turns if t.audio is not None]
+        audio = Audio(np.concatenate([a.samples for a in audios]), audios[0].sample_rate) if audios else None
+        return cls(turns=turns, metrics=metrics, reply_codes=np.concatenate(codes, axis=1) if codes else None,
+                   audio=audio, paths=[t.path for t in turns], batch_sizes=[t.batch_size for t in turns])
 
 
 def cell_settings(cell: Cell, options: RunOptions):
@@ -102,7 +162,7 @@ def skip_reason(cell: Cell, registry) -> str | None:
 
 
 class CellSession:
-    """A loaded pipeline for one cell. ``speak()`` runs one measured utterance and returns the Turn."""
+    """A loaded pipeline for one cell. ``measure()`` runs one measured unit; ``speak()`` one utterance."""
 
     def __init__(self, cell: Cell, options: RunOptions, plugins):
         from csm_core.pipeline import Pipeline
@@ -133,6 +193,18 @@ class CellSession:
     def speak(self):
         """One utterance of the benchmark text, without conversation context -> :class:`Turn`."""
         return self.pipeline.speak(self.options.text, context=())
+
+    def measure(self):
+        """One measured unit: the :meth:`speak` Turn when ``utterances`` is 1, else a :class:`Unit` of
+        :func:`utterance_texts` spoken by :func:`~csm_core.batched.speak_many` without context."""
+        if self.options.utterances == 1:
+            return self.speak()
+        from csm_core.batched import speak_many
+
+        texts = utterance_texts(self.options.text, self.options.utterances)
+        started = time.perf_counter()
+        turns = speak_many(self.pipeline, texts, context=())
+        return Unit.of(turns, started, time.perf_counter() - started)
 
     def close(self) -> None:
         self.pipeline.close()

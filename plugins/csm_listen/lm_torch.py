@@ -39,7 +39,28 @@ def check_max_positions(component: CausalLm) -> int:
     return component.max_positions
 
 
-class TorchCausalLm:
+class TokenSteps:
+    """``prefill``/``step`` of a :class:`~csm_core.components.CausalLmEngine`, checked the same way on
+    every backend; a subclass has ``position`` and ``max_positions`` and implements ``_run(input_ids)``
+    (append [1,T] tokens at ``position``, return the last position's logits [1,V] float32)."""
+
+    position: int
+    max_positions: int
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._run(check_input_ids(input_ids, "prefill", self))
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        token = check_input_ids(token, "step", self)
+        if token.shape[1] != 1:
+            raise ValueError(f"step: token must be [1, 1], got {tuple(token.shape)}; use prefill for several tokens")
+        return self._run(token)
+
+    def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TorchCausalLm(TokenSteps):
     """:class:`~csm_core.components.CausalLmEngine` over a transformers ``...ForCausalLM`` in PyTorch."""
 
     def __init__(self, component: CausalLm) -> None:
@@ -52,15 +73,6 @@ class TorchCausalLm:
     def reset(self) -> None:
         self.position = 0
         self._cache = None
-
-    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._run(check_input_ids(input_ids, "prefill", self))
-
-    def step(self, token: torch.Tensor) -> torch.Tensor:
-        token = check_input_ids(token, "step", self)
-        if token.shape[1] != 1:
-            raise ValueError(f"step: token must be [1, 1], got {tuple(token.shape)}; use prefill for several tokens")
-        return self._run(token)
 
     def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
         from transformers import DynamicCache

@@ -10,21 +10,20 @@ reads ``past`` from one set and writes ``present`` into the other, then they swa
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from csm_core.components import CausalLm
 from csm_core.records import StageContext
-from csm_listen.lm_torch import check_input_ids, check_max_positions
+from csm_listen.lm_torch import TokenSteps, check_max_positions
 from csm_onnxruntime.artifacts import ArtifactSpec, ensure_artifact, weights_hash
-from csm_onnxruntime.engines import cache_dir, requested_device
+from csm_onnxruntime.engines import bind_tensor, cache_dir, requested_device
 from csm_onnxruntime.export import EXPORTER, OPSET
 from csm_onnxruntime.graphs import cache_names
 from csm_onnxruntime.lm_export import check_exportable, export_causal_lm, lm_cache_shape, lm_facts
 from csm_onnxruntime.session import SessionOptions, create_session
 
 COMPONENT = "causal_lm"
-_NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: None, torch.int64: np.int64}
+RUNNABLE_DTYPES = (torch.float32, torch.float16)  # the graph's float types
 
 
 def causal_lm_spec(model, max_positions: int, whash: str) -> ArtifactSpec:
@@ -38,20 +37,13 @@ def causal_lm_spec(model, max_positions: int, whash: str) -> ArtifactSpec:
     )
 
 
-def _bind(binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
-    kind = _NUMPY[tensor.dtype]
-    bind = binding.bind_output if output else binding.bind_input
-    device = "cuda" if tensor.is_cuda else "cpu"
-    bind(name, device, tensor.device.index or 0, kind, list(tensor.shape), tensor.data_ptr())
-
-
-class OnnxCausalLm:
+class OnnxCausalLm(TokenSteps):
     """:class:`~csm_core.components.CausalLmEngine` over the exported ``causal_lm`` graph."""
 
     def __init__(self, component: CausalLm, context: StageContext) -> None:
         model, self.max_positions = component.model, check_max_positions(component)
         dtype = next(model.parameters()).dtype
-        if _NUMPY.get(dtype) is None:
+        if dtype not in RUNNABLE_DTYPES:
             raise ValueError(
                 f"onnxruntime causal_lm: the model is in {dtype}; the graph runs in float32 or float16: "
                 "set component_precision.llm = \"fp16\" or \"fp32\""
@@ -81,29 +73,20 @@ class OnnxCausalLm:
         self.position = 0
         self._current = 0
 
-    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._run(check_input_ids(input_ids, "prefill", self))
-
-    def step(self, token: torch.Tensor) -> torch.Tensor:
-        token = check_input_ids(token, "step", self)
-        if token.shape[1] != 1:
-            raise ValueError(f"step: token must be [1, 1], got {tuple(token.shape)}; use prefill for several tokens")
-        return self._run(token)
-
     def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
         t = input_ids.shape[1]
         input_ids = input_ids.to(self.device).contiguous()
         positions = torch.arange(self.position, self.position + t, device=self.device)[None].contiguous()
         logits = torch.empty(1, self.vocab_size, dtype=torch.float32, device=self.device)
         binding = self.session.io_binding()
-        _bind(binding, "input_ids", input_ids)
-        _bind(binding, "position_ids", positions)
+        bind_tensor(binding, "input_ids", input_ids)
+        bind_tensor(binding, "position_ids", positions)
         past, present = self._buffers[self._current], self._buffers[1 - self._current]
         for name, tensor in zip(self.past_names, past):
-            _bind(binding, name, tensor)
-        _bind(binding, "logits", logits, output=True)
+            bind_tensor(binding, name, tensor)
+        bind_tensor(binding, "logits", logits, output=True)
         for name, tensor in zip(self.present_names, present):
-            _bind(binding, name, tensor, output=True)
+            bind_tensor(binding, name, tensor, output=True)
         self.session.run_with_iobinding(binding)
         self._current = 1 - self._current
         self.position += t

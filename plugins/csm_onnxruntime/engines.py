@@ -83,7 +83,8 @@ def _typed_export(export, plan: PrecisionPlan):
     return build
 
 
-def _bind(binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
+def bind_tensor(binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
+    """Bind ``tensor`` (CPU or CUDA, no copy) as input or output ``name`` of an ORT ``IOBinding``."""
     device_type = "cuda" if tensor.is_cuda else "cpu"
     device_id = tensor.device.index or 0
     bind = binding.bind_output if output else binding.bind_input
@@ -118,18 +119,18 @@ class _CachedGraphs:
         positions = positions.to(self.device, torch.int64).contiguous()
         session = self.sessions[graph]
         binding = session.io_binding()
-        _bind(binding, "inputs_embeds", x)
-        _bind(binding, "position_ids", positions)
+        bind_tensor(binding, "inputs_embeds", x)
+        bind_tensor(binding, "position_ids", positions)
         past, present = self.buffers[self.current], self.buffers[1 - self.current]
         for name, tensor in zip(self.past_names, past):
-            _bind(binding, name, tensor)
+            bind_tensor(binding, name, tensor)
         results = []
         for name, width in self.outputs.items():
             out = torch.empty(self.batch_size, width, dtype=self.dtype, device=self.device)
-            _bind(binding, name, out, output=True)
+            bind_tensor(binding, name, out, output=True)
             results.append(out)
         for name, tensor in zip(self.present_names, present):
-            _bind(binding, name, tensor, output=True)
+            bind_tensor(binding, name, tensor, output=True)
         session.run_with_iobinding(binding)
         self.current = 1 - self.current
         return results

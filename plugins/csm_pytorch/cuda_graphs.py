@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from csm_core.errors import CsmError
-from csm_pytorch.model import Csm, TorchCsmEngines
+from csm_pytorch.model import Csm, TorchBackbone, TorchCsmEngines
 
 __all__ = ["StaticStep", "GraphedBackbone", "GraphedDepthDecoder", "cuda_graph_engines", "check_cuda_graph_device"]
 
@@ -93,21 +93,13 @@ class StaticStep:
         return tuple(out.clone() for out in self.outputs)
 
 
-class GraphedBackbone:
+class GraphedBackbone(TorchBackbone):
     """:class:`~csm_core.components.BackboneEngine`: eager prefill, the T=1 step through a :class:`StaticStep`."""
 
     def __init__(self, model: Csm, capture: bool) -> None:
-        self.model = model
+        super().__init__(model)
         self.capture = capture
-        self.max_positions = model.args.max_seq_len
         self._step: StaticStep | None = None
-
-    def reset(self) -> None:
-        self.model.backbone.reset_cache()
-
-    @torch.inference_mode()
-    def prefill(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.backbone_logits(embeds, positions)
 
     @torch.inference_mode()
     def step(self, embed: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,12 +6,13 @@ third-party package's would be; the cells that run load the ``tiny`` preset on t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from csm_core import hookimpl
 from csm_core.bench.matrix import REFERENCE_BACKEND, Cell, parse_matrix
 from csm_core.bench.runner import MatrixRunner, run_matrix
-from csm_core.bench.session import RunOptions
+from csm_core.bench.session import RunOptions, utterance_texts
 from csm_core.errors import BackendUnavailable, CsmError
 from csm_core.plugins import Plugins
 from csm_core.records import Backend, Optimizer
@@ -137,3 +138,25 @@ def test_optimized_cells_are_measured_and_compared_with_the_baseline(plugins):
     assert sampled.effects == {"sampled": "approximate"} and sampled.quality["code_agreement"] < 0.9
     assert sampled.quality["snr_db"] < 20
     assert any("generation.temperature" in event for event in sampled.events)
+
+
+def test_utterance_texts_differ_in_length_and_one_is_the_text_itself():
+    assert utterance_texts("Hi.", 1) == ["Hi."]
+    texts = utterance_texts("Hi.", 4)
+    assert texts[0] == "Hi." and all(t.startswith("Hi.") for t in texts)
+    assert len({len(t) for t in texts}) == 4
+
+
+def test_unit_codes_are_the_utterances_codes_concatenated_in_order(plugins):
+    """A 2-utterance unit against each text spoken alone on the same pipeline (greedy: same codes)."""
+    from csm_core.bench.session import CellSession
+
+    options = RunOptions(frames=2, repeats=1, warmup=0, utterances=2)
+    with CellSession(Cell("tiny", "pytorch"), options, plugins()) as session:
+        unit = session.measure()
+        alone = [session.pipeline.speak(text, context=()) for text in utterance_texts(options.text, 2)]
+    assert [t.reply.text for t in unit.turns] == utterance_texts(options.text, 2)
+    assert (unit.reply_codes == np.concatenate([t.reply_codes for t in alone], axis=1)).all()
+    assert unit.metrics.frames == 4 and len(unit.audio.samples) == sum(len(t.audio.samples) for t in alone)
+    assert unit.metrics.generation_seconds >= sum(t.metrics.generation_seconds for t in unit.turns)
+    assert len(unit.metrics.stages) == sum(len(t.metrics.stages) for t in unit.turns)  # sequential: none shared

@@ -17,18 +17,6 @@ from csm_listen.lm_torch import TorchCausalLm
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11]
 
 
-@pytest.fixture(scope="module")
-def lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(3)
-    config = LlamaConfig(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture()
 def engine(lm):
     return TorchCausalLm(CausalLm(lm, 128))

@@ -9,14 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from csm_core import hookimpl
 from csm_core.batched import speak_many
-from csm_core.config import Settings
 from csm_core.errors import ConfigError, CsmError
 from csm_core.pipeline import Pipeline
-from csm_core.plugins import Plugins
 from csm_core.stages import Segment, SpeechParams, SpeechRequest
-from csm_optimizers.batched_generation import OPTIMIZER
+from optimizer_pipelines import tiny_pipeline
 
 torch = pytest.importorskip("torch")
 
@@ -25,19 +22,9 @@ GREEDY = {"temperature": 0.0, "max_new_frames": FRAMES}
 TEXTS = ["Hi.", "A rather longer sentence to say.", "Medium length!"]  # prompts of different lengths
 
 
-class _OptimizerPlugin:
-    @hookimpl
-    def register_optimizers(self, register):
-        register(OPTIMIZER)
-
-
 def pipeline(**settings) -> Pipeline:
-    settings.setdefault("models", {"preset": "tiny"})
-    settings.setdefault("device", "cpu")
     settings.setdefault("generation", GREEDY)
-    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch"})
-    plugins.register(_OptimizerPlugin(), name="batched-generation-test")
-    return Pipeline(Settings(**settings), plugins)
+    return tiny_pipeline(**settings)
 
 
 def greedy_request(text: str, context=()) -> SpeechRequest:
@@ -191,11 +178,8 @@ def test_bad_inputs_are_clear_errors(tiny):
 @pytest.mark.slow  # exports the tiny ONNX graphs (tens of seconds on a busy 2-core machine)
 def test_a_backend_that_cannot_batch_is_named_with_what_to_do(tmp_path):
     pytest.importorskip("onnxruntime")
-    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,onnxruntime"})
-    plugins.register(_OptimizerPlugin(), name="batched-generation-test")
-    settings = Settings(models={"preset": "tiny"}, device="cpu", backend="onnxruntime", cache_dir=tmp_path,
-                        generation=GREEDY, optimizers=["batched-generation"])
-    with Pipeline(settings, plugins) as p:
+    with tiny_pipeline("onnxruntime", backend="onnxruntime", cache_dir=tmp_path, generation=GREEDY,
+                       optimizers=["batched-generation"]) as p:
         cannot = r"the 'onnxruntime' backend's csm engines \(OnnxCsmEngines.*fixed batch of 1.*'pytorch'"
         with pytest.raises(CsmError, match=cannot):
             speak_many(p, TEXTS[:2], context=())

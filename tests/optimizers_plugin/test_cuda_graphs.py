@@ -10,16 +10,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from csm_core import hookimpl  # noqa: E402
-from csm_core.config import Settings  # noqa: E402
 from csm_core.errors import ConfigError, CsmError  # noqa: E402
 from csm_core.generation.embedder import FrameEmbedder  # noqa: E402
 from csm_core.generation.frames import generate_codes  # noqa: E402
 from csm_core.generation.sampling import SamplingParams  # noqa: E402
 from csm_core.pipeline import Pipeline  # noqa: E402
-from csm_core.plugins import Plugins  # noqa: E402
 from csm_core.quality import code_agreement  # noqa: E402
-from csm_optimizers.cuda_graphs import OPTIMIZER  # noqa: E402
+from optimizer_pipelines import tiny_pipeline  # noqa: E402
 from csm_pytorch.cuda_graphs import StaticStep, cuda_graph_engines  # noqa: E402
 from csm_pytorch.model import TorchCsmEngines  # noqa: E402
 from csm_pytorch.presets import build_preset  # noqa: E402
@@ -27,17 +24,9 @@ from csm_pytorch.presets import build_preset  # noqa: E402
 GREEDY = SamplingParams(temperature=0.0, code_limit=2048)
 
 
-class _OptimizerPlugin:
-    @hookimpl
-    def register_optimizers(self, register):
-        register(OPTIMIZER)
-
-
 def pipeline(**settings) -> Pipeline:
-    settings.setdefault("models", {"preset": "tiny"})
-    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,onnxruntime"})
-    plugins.register(_OptimizerPlugin(), name="cuda-graphs-test")
-    return Pipeline(Settings(**settings), plugins)
+    settings.setdefault("device", "auto")
+    return tiny_pipeline("onnxruntime", **settings)
 
 
 def prompt(args, frames: int = 10):

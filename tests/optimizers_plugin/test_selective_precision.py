@@ -14,16 +14,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from csm_core import hookimpl  # noqa: E402
 from csm_core.config import Settings  # noqa: E402
 from csm_core.errors import ConfigError, CsmError  # noqa: E402
 from csm_core.generation.embedder import FrameEmbedder  # noqa: E402
 from csm_core.generation.frames import generate_codes  # noqa: E402
 from csm_core.generation.sampling import SamplingParams  # noqa: E402
 from csm_core.pipeline import Pipeline  # noqa: E402
-from csm_core.plugins import Plugins  # noqa: E402
 from csm_core.quality import compare_runs  # noqa: E402
-from csm_optimizers.selective_precision import OPTIMIZER, teacher_forced_agreement  # noqa: E402
+from optimizer_pipelines import tiny_pipeline  # noqa: E402
+from csm_optimizers.selective_precision import teacher_forced_agreement  # noqa: E402
 from csm_pytorch.model import TorchCsmEngines  # noqa: E402
 from csm_pytorch.sources import csm_part_dtypes, load_csm_weights, load_mimi_model  # noqa: E402
 
@@ -31,18 +30,8 @@ GREEDY = SamplingParams(temperature=0.0, code_limit=2048)  # codes the tiny/smal
 PROMPT_FRAMES = 12
 
 
-class _OptimizerPlugin:
-    @hookimpl
-    def register_optimizers(self, register):
-        register(OPTIMIZER)
-
-
 def pipeline(**settings) -> Pipeline:
-    settings.setdefault("models", {"preset": "tiny"})
-    settings.setdefault("device", "cpu")
-    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch"})
-    plugins.register(_OptimizerPlugin(), name="selective-precision-test")
-    return Pipeline(Settings(**settings), plugins)
+    return tiny_pipeline(**settings)
 
 
 def text_prompt(args, frames: int = PROMPT_FRAMES, seed: int = 3):
