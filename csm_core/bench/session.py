@@ -15,7 +15,6 @@ the single :meth:`CellSession.speak` turn, exactly as before utterances existed.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 from csm_core.bench.matrix import REFERENCE_BACKEND, Cell
 from csm_core.errors import CsmError
 
-BENCH_ENV_PREFIX = "CSM_BENCH_"  # variables of benchmarks/conftest.py
 DEFAULT_TEXT = "The benchmark sentence is spoken the same way on every backend."
 # Errors that mean "this cell cannot run here": skipped with the reason. CsmError is the project's
 # deliberate, user-facing refusal (an unknown name, an unusable backend, an optimizer that does not
@@ -132,9 +130,7 @@ def cell_settings(cell: Cell, options: RunOptions):
     }
     if options.threads is not None:
         overrides["options.onnxruntime.intra_op_num_threads"] = options.threads
-    # The benchmarks' own CSM_BENCH_* variables are not settings (config.py would reject them as unknown).
-    environ = {key: value for key, value in os.environ.items() if not key.startswith(BENCH_ENV_PREFIX)}
-    settings = load_settings(options.config, overrides, environ)
+    settings = load_settings(options.config, overrides)  # CSM_* variables apply; CSM_BENCH_* are not settings
     if settings.generation.max_audio_length_ms is not None:  # None values are not applied by load_settings
         from csm_core.config import apply_overrides
 

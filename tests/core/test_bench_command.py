@@ -46,6 +46,7 @@ def test_bench_writes_json_markdown_and_png(tmp_path):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_utterances_speak_many_batched_in_the_batched_cell_only_and_match_the_baseline(tmp_path):
     """--utterances 3: every cell speaks 3 texts per run; batched-generation batches them, same codes."""
     pytest.importorskip("torch")

@@ -147,6 +147,7 @@ def test_utterance_texts_differ_in_length_and_one_is_the_text_itself():
     assert len({len(t) for t in texts}) == 4
 
 
+@pytest.mark.slow
 def test_unit_codes_are_the_utterances_codes_concatenated_in_order(plugins):
     """A 2-utterance unit against each text spoken alone on the same pipeline (greedy: same codes)."""
     from csm_core.bench.session import CellSession
