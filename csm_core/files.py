@@ -13,6 +13,8 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` through a synced temporary file in the same folder and a rename.
 
     An interruption (a crash, Ctrl-C) leaves no partial file at ``path`` and no temporary file behind.
+    The file gets the permissions a plain ``open(path, "w")`` would give (0666 less the umask), not the
+    private 0600 of the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,11 +25,18 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
