@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from forced_engines import Forcing  # noqa: E402
 from csm_core.generation import (  # noqa: E402
     FrameEmbedder,
     SamplingParams,
@@ -54,55 +55,6 @@ def embedder(model):
 def prompt():
     context = [Segment(0, "before", torch.randint(1, ARGS.audio_vocab_size, (ARGS.num_codebooks, 3), generator=torch.Generator().manual_seed(0)))]
     return build_prompt(context, 1, "now", ByteTokenizer(), num_codebooks=ARGS.num_codebooks, max_frames=20, max_positions=ARGS.max_seq_len)
-
-
-class Forcing:
-    """Real engines whose logits are pushed to ``code`` for row r from frame ``start[r]`` on.
-
-    ``all_codebooks``: every codebook (so ``code=0`` makes the end-of-speech frame), else codebook 0 only.
-    """
-
-    def __init__(self, engines, start: list[int | None], code: int, all_codebooks: bool = True) -> None:
-        self.inner, self.start, self.code, self.all = engines, start, code, all_codebooks
-        self.frame = -1
-        self.backbone, self.decoder = _Backbone(self), _Decoder(self)
-
-    def push(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.clone()
-        for row, start in enumerate(self.start[: logits.shape[0]]):
-            if start is not None and self.frame >= start:
-                logits[row, self.code] += 1e4
-        return logits
-
-
-class _Backbone:
-    def __init__(self, forcing: Forcing) -> None:
-        self.f, self.max_positions = forcing, forcing.inner.backbone.max_positions
-
-    def reset(self):
-        self.f.inner.backbone.reset()
-
-    def prefill(self, embeds, positions):
-        self.f.frame = 0
-        hidden, logits = self.f.inner.backbone.prefill(embeds, positions)
-        return hidden, self.f.push(logits)
-
-    def step(self, embed, position):
-        self.f.frame += 1
-        hidden, logits = self.f.inner.backbone.step(embed, position)
-        return hidden, self.f.push(logits)
-
-
-class _Decoder:
-    def __init__(self, forcing: Forcing) -> None:
-        self.f = forcing
-
-    def reset(self):
-        self.f.inner.decoder.reset()
-
-    def step(self, x, positions):
-        logits = self.f.inner.decoder.step(x, positions)
-        return self.f.push(logits) if self.f.all else logits
 
 
 def run(engines, embedder, prompt, **kwargs) -> list[torch.Tensor]:

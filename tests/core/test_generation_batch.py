@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from forced_engines import Forcing  # noqa: E402
 from csm_core.generation.batch import PromptBatch, as_prompt_batch, live_rows, stack_prompts  # noqa: E402
 from csm_core.generation.embedder import FrameEmbedder  # noqa: E402
 from csm_core.generation.frames import generate_codes, generate_frames  # noqa: E402
@@ -60,51 +61,6 @@ def prompts():
     return ragged
 
 
-class ForcedEnd:
-    """Real engines whose logits are pushed to code 0 in every codebook for row r from frame ``end[r]`` on,
-    so that row produces the end-of-speech frame there (the model still runs; the loop's reaction is tested)."""
-
-    def __init__(self, engines, end: list[int | None]) -> None:
-        self.inner, self.end, self.frame = engines, end, -1
-        self.backbone, self.decoder = _Backbone(self), _Decoder(self)
-
-    def push(self, logits):
-        logits = logits.clone()
-        for row, end in enumerate(self.end):
-            if end is not None and self.frame >= end:
-                logits[row, 0] += 1e4
-        return logits
-
-
-class _Backbone:
-    def __init__(self, forced: ForcedEnd) -> None:
-        self.f, self.max_positions = forced, forced.inner.backbone.max_positions
-
-    def reset(self):
-        self.f.inner.backbone.reset()
-
-    def prefill(self, embeds, positions):
-        self.f.frame = 0
-        hidden, logits = self.f.inner.backbone.prefill(embeds, positions)
-        return hidden, self.f.push(logits)
-
-    def step(self, embed, position):
-        self.f.frame += 1
-        hidden, logits = self.f.inner.backbone.step(embed, position)
-        return hidden, self.f.push(logits)
-
-
-class _Decoder:
-    def __init__(self, forced: ForcedEnd) -> None:
-        self.f = forced
-
-    def reset(self):
-        self.f.inner.decoder.reset()
-
-    def step(self, x, positions):
-        return self.f.push(self.f.inner.decoder.step(x, positions))
-
-
 def test_stack_prompts_left_pads_with_positions_after_each_rows_own(prompts):
     batch = stack_prompts(prompts)
     lengths = [len(p) for p in prompts]
@@ -149,7 +105,7 @@ def test_ragged_batch_gives_each_row_its_unbatched_codes_under_greedy(model, emb
 
 def test_rows_end_at_their_own_frame_and_the_loop_stops_when_all_have(model, embedder, prompts):
     ends = [3, None, 6]  # row 0 ends at frame 3, row 2 at frame 6, row 1 would run to max_frames
-    engines = ForcedEnd(TorchCsmEngines(model, batch_size=3), ends)
+    engines = Forcing(TorchCsmEngines(model, batch_size=3), ends, code=0)
     frames = list(generate_frames(engines, embedder, stack_prompts(prompts), max_frames=MAX_FRAMES,
                                   sampling=GREEDY, silence_guard=None))
     assert len(frames) == MAX_FRAMES
@@ -157,12 +113,12 @@ def test_rows_end_at_their_own_frame_and_the_loop_stops_when_all_have(model, emb
     assert live.sum(dim=0).tolist() == [3, MAX_FRAMES, 6]
     assert all(not live[f:, row].any() for row, f in ((0, 3), (2, 6)))  # once ended, never live again
     for row, prompt in enumerate(prompts):  # the frames before each row's end are its unbatched ones
-        solo = ForcedEnd(TorchCsmEngines(model, batch_size=1), [ends[row]])
+        solo = Forcing(TorchCsmEngines(model, batch_size=1), [ends[row]], code=0)
         want = generate_codes(solo, embedder, prompt, max_frames=MAX_FRAMES, sampling=GREEDY, silence_guard=None)[0]
         got = torch.stack([f[row] for f in frames], dim=1)[:, : want.shape[1]]
         assert torch.equal(got, want)
 
-    engines = ForcedEnd(TorchCsmEngines(model, batch_size=3), [2, 4, 1])
+    engines = Forcing(TorchCsmEngines(model, batch_size=3), [2, 4, 1], code=0)
     frames = list(generate_frames(engines, embedder, stack_prompts(prompts), max_frames=MAX_FRAMES,
                                   sampling=GREEDY, silence_guard=None))
     assert len(frames) == 4  # stops at the last row's end, not at max_frames
