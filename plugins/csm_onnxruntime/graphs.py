@@ -14,10 +14,9 @@ CSM graphs follow optimum / onnxruntime-genai names: inputs ``inputs_embeds`` [B
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from csm_pytorch.model import Attention, Csm, Transformer, rope_inverse_frequencies
+from csm_pytorch.model import Attention, Csm, Transformer, apply_rope, grouped_attention, rope_inverse_frequencies
 
 
 def cache_names(layers: int) -> tuple[list[str], list[str]]:
@@ -27,28 +26,17 @@ def cache_names(layers: int) -> tuple[list[str], list[str]]:
     return past, present
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _attention(attn: Attention, x, cos, sin, mask, positions, k_past, v_past):
     """:class:`Attention` with external caches -> (out [B,T,dim], k_present, v_present)."""
     b, t, _ = x.shape
     q = attn.q_proj(x).view(b, t, attn.heads, attn.head_dim).transpose(1, 2)
     k = attn.k_proj(x).view(b, t, attn.kv_heads, attn.head_dim).transpose(1, 2)
     v = attn.v_proj(x).view(b, t, attn.kv_heads, attn.head_dim).transpose(1, 2)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     index = positions[:, None, :, None].expand(b, attn.kv_heads, t, attn.head_dim)
     k_present = k_past.scatter(2, index, k.to(k_past.dtype))
     v_present = v_past.scatter(2, index, v.to(v_past.dtype))
-    groups = attn.heads // attn.kv_heads
-    keys, values = k_present, v_present
-    if groups > 1:
-        keys = keys.repeat_interleave(groups, dim=1)
-        values = values.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
+    out = grouped_attention(q, k_present, v_present, mask)
     return attn.o_proj(out.transpose(1, 2).reshape(b, t, -1)), k_present, v_present
 
 

@@ -22,12 +22,12 @@ import copy
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from csm_core.errors import CsmError
 from csm_onnxruntime.export import OPSET
 from csm_onnxruntime.graphs import cache_names
+from csm_pytorch.model import apply_rope, grouped_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -90,24 +90,12 @@ def _attention(attn, x, cos, sin, mask, positions, k_past, v_past):
     if hasattr(attn, "q_norm"):  # Qwen3: RMS norm over each head
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
-    kv_heads = k.shape[1]
-    index = positions[:, None, :, None].expand(b, kv_heads, t, head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    index = positions[:, None, :, None].expand(b, k.shape[1], t, head_dim)
     k_present = k_past.scatter(2, index, k.to(k_past.dtype))
     v_present = v_past.scatter(2, index, v.to(v_past.dtype))
-    groups = q.shape[1] // kv_heads
-    keys, values = k_present, v_present
-    if groups > 1:
-        keys = keys.repeat_interleave(groups, dim=1)
-        values = values.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling)
+    out = grouped_attention(q, k_present, v_present, mask, scale=attn.scaling)
     return attn.o_proj(out.transpose(1, 2).reshape(b, t, -1)), k_present, v_present
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 class CausalLmGraph(nn.Module):

@@ -142,6 +142,23 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of ``x`` [B,H,T,head_dim] with ``cos``/``sin`` broadcastable to it."""
+    return x * cos + _rotate_half(x) * sin
+
+
+def grouped_attention(q, k_cache, v_cache, mask, scale: float | None = None) -> torch.Tensor:
+    """Grouped-query attention of ``q`` [B,H,T,hd] over caches [B,H_kv,L,hd] (``mask`` [B,1,T,L] bool)
+    -> [B,H,T,hd]. Each cache head serves ``H / H_kv`` query heads; ``scale`` None is 1/sqrt(hd)."""
+    groups = q.shape[1] // k_cache.shape[1]
+    if groups > 1:
+        k_cache = k_cache.repeat_interleave(groups, dim=1)
+        v_cache = v_cache.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(
+        q, k_cache.to(q.dtype), v_cache.to(q.dtype), attn_mask=mask, scale=scale
+    )
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -173,17 +190,12 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # Write this call's keys/values at their positions (the first b rows of the cache).
         index = positions[:, None, :, None].expand(b, self.kv_heads, t, self.head_dim)
         k_cache = self.k_cache[:b].scatter_(2, index, k.to(self.k_cache.dtype))
         v_cache = self.v_cache[:b].scatter_(2, index, v.to(self.v_cache.dtype))
-        groups = self.heads // self.kv_heads
-        if groups > 1:
-            k_cache = k_cache.repeat_interleave(groups, dim=1)
-            v_cache = v_cache.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k_cache.to(q.dtype), v_cache.to(q.dtype), attn_mask=mask)
+        out = grouped_attention(q, k_cache, v_cache, mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
