@@ -142,3 +142,15 @@ def torch_placement(context) -> tuple[str, "object"]:
         context.report(f"{context.stage}: precision {precision} is not used on the CPU; running in fp32")
         precision = "fp32"
     return device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def load_pretrained(directory: Path, device: str, dtype, preprocessor_class, model_class, what: str, hint: str):
+    """``(preprocessor, model)`` from ``directory`` (local files only), the model on ``device`` in eval
+    mode; a directory that does not load as ``what`` raises :class:`NotAModel` with ``hint`` (which
+    setting to point where)."""
+    try:
+        preprocessor = preprocessor_class.from_pretrained(directory, local_files_only=True)
+        model = model_class.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise NotAModel(f"{str(directory)!r} does not load as {what} ({type(exc).__name__}: {exc}); {hint}") from None
+    return preprocessor, model.to(device).eval()

@@ -154,14 +154,10 @@ def _engine(context, component: CausalLm):
 def _load(directory: Path, device: str, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from csm_listen.model_sources import NotAModel
+    from csm_listen.model_sources import load_pretrained
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError, KeyError) as exc:
-        raise NotAModel(
-            f"{str(directory)!r} does not load as a causal language model with its tokenizer "
-            f"({type(exc).__name__}: {exc}); models.llm must name a chat model such as Qwen/Qwen2.5-0.5B-Instruct"
-        ) from None
-    return tokenizer, model.to(device).eval()
+    return load_pretrained(
+        directory, device, dtype, AutoTokenizer, AutoModelForCausalLM,
+        "a causal language model with its tokenizer",
+        "models.llm must name a chat model such as Qwen/Qwen2.5-0.5B-Instruct",
+    )

@@ -87,17 +87,13 @@ class WhisperTranscriber:
 def _load(directory: Path, device: str, dtype):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from csm_listen.model_sources import NotAModel
+    from csm_listen.model_sources import load_pretrained
 
-    try:
-        processor = WhisperProcessor.from_pretrained(directory, local_files_only=True)
-        model = WhisperForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError, KeyError) as exc:
-        raise NotAModel(
-            f"{str(directory)!r} does not load as a Whisper model with its processor ({type(exc).__name__}: {exc}); "
-            "models.asr must name a Whisper checkpoint such as openai/whisper-tiny"
-        ) from None
-    return processor, model.to(device).eval()
+    return load_pretrained(
+        directory, device, dtype, WhisperProcessor, WhisperForConditionalGeneration,
+        "a Whisper model with its processor",
+        "models.asr must name a Whisper checkpoint such as openai/whisper-tiny",
+    )
 
 
 def _checked_samples(audio: Audio) -> np.ndarray:
