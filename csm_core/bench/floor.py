@@ -111,13 +111,16 @@ def floor_for(args, precision: str | Mapping[str, str], bandwidth_bytes_per_s: f
     return Floor(precision_label(plan), total, float(bandwidth_bytes_per_s), bandwidth_source)
 
 
-def measure_bandwidth(device: str = "cpu", megabytes: int = 128, repeats: int = 5) -> tuple[float, str]:
+def measure_bandwidth(device: str = "cpu", megabytes: int | None = None, repeats: int = 5) -> tuple[float, str]:
     """(bytes/s, description) of the best of ``repeats`` copies of a ``megabytes`` buffer on ``device``.
 
     A copy reads and writes every byte, so it counts ``2 x size`` bytes moved. On ``cuda`` the probe
-    uses torch on the GPU; on the CPU numpy (one thread, like a single stream: a lower bound of what all
-    cores reach together).
+    uses torch on the GPU with 1 GiB by default (many times a GPU's L2 cache, and long enough for a
+    wall-clock timer); on the CPU numpy with 128 MiB (one thread, like a single stream: a lower bound
+    of what all cores reach together).
     """
+    if megabytes is None:
+        megabytes = 1024 if device.startswith("cuda") else 128
     size = megabytes * 1024 * 1024
     if device.startswith("cuda"):
         import torch

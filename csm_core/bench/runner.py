@@ -229,9 +229,14 @@ class MatrixRunner:
         from csm_core.bench.reference import ReferenceSession
         from csm_pytorch.presets import get_preset
 
+        from csm_core.bench.session import cell_settings
+        from csm_core.devices import resolve_device
+
         options = self.options
+        settings = cell_settings(cell, options)  # the device the pipeline cells resolve, from flags or config
+        device = resolve_device(settings.device, settings.allow_fallback, log.info)
         with PeakMemory() as peak:
-            session = ReferenceSession(cell.preset, options.text, options.frames)
+            session = ReferenceSession(cell.preset, options.text, options.frames, device=device)
             for _ in range(options.warmup):
                 session.generate()
             runs = [session.generate() for _ in range(options.repeats)]
@@ -251,10 +256,10 @@ class MatrixRunner:
             "added_rss_bytes": peak.added_host_bytes,
             "peak_rss_source": peak.host_source,
             "peak_device_bytes": peak.device_bytes,
-            "device": "cpu",
+            "device": device,
             "repeat_code_agreement": min(code_agreement(runs[0][0].numpy(), c.numpy()) for c, _ in runs),
         }
-        floor = floor_for(get_preset(cell.preset).args, "fp32", *self.bandwidth("cpu"))
+        floor = floor_for(get_preset(cell.preset).args, "fp32", *self.bandwidth(device))
         figures["x_floor"] = floor.multiple(figures["frames_per_second"])
         events = ["codes only: transformers' generate, no Mimi decode"]
         if options.utterances > 1:
