@@ -94,6 +94,18 @@ def register_optimizers(register):
 
 
 @hookspec
+def register_commands(cli):
+    """Add commands to ``csmctl``.
+
+    ``cli`` is the :class:`typer.Typer` application: decorate functions with ``@cli.command()`` (or
+    ``cli.add_typer(...)`` a group). Called once at every ``csmctl`` start, so the implementing module
+    must import nothing heavy; import torch and the like inside the command. A name that is already a
+    command, or an implementation that raises, costs only that plugin's commands (see
+    :mod:`csm_core.plugin_commands`).
+    """
+
+
+@hookspec
 def at_safe_point(stage, device):
     """A stage reached a point where no intermediate tensor of its work is alive (between two frames).
 

@@ -158,6 +158,57 @@ class _NumpyTtsPlugin:
         register(StageImpl("csm", lambda ctx: _ChunkTts(ctx)))
 
 
+def test_hook_register_commands():
+    """A plugin's command runs through csmctl's app; a plugin that raises or takes a used name loses only
+    its own commands, and the others still arrive."""
+    import typer
+    from typer.testing import CliRunner
+
+    from csm_core.plugin_commands import add_plugin_commands
+
+    class Hello:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command()
+            def hello(name: str) -> None:
+                """Say hello."""
+                typer.echo(f"hello {name}")
+
+    class Broken:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command("half-made")
+            def half_made() -> None:
+                """Never reachable: the plugin raises after adding it."""
+
+            raise RuntimeError("no database")
+
+    class Clash:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command("say")
+            def say() -> None:
+                """Would shadow the core's say."""
+
+    app = typer.Typer()
+
+    @app.command()
+    def say() -> None:
+        """The core's command."""
+        typer.echo("core say")
+
+    plugins = Plugins()
+    for name, plugin in (("hello", Hello()), ("broken", Broken()), ("clash", Clash())):
+        plugins.register(plugin, name=name)
+    failures = {f.plugin: f.error for f in add_plugin_commands(app, plugins)}
+    assert failures.keys() == {"broken", "clash"}
+    assert failures["broken"] == "RuntimeError: no database" and "'say' already exists" in failures["clash"]
+    assert sorted(c.name or c.callback.__name__ for c in app.registered_commands) == ["hello", "say"]
+    runner = CliRunner()
+    assert runner.invoke(app, ["hello", "world"]).output == "hello world\n"
+    assert runner.invoke(app, ["say"]).output == "core say\n"
+
+
 def test_hook_at_safe_point():
     """An optimizer's ``at_safe_point`` runs once per frame the stage reports, with its device."""
     calls = []

@@ -1,0 +1,64 @@
+"""Commands that plugins add to ``csmctl`` through the ``register_commands`` hook.
+
+The core's CLI (:mod:`csm_core.cli`) holds the commands every installation has; a plugin adds its own
+(``csmctl serve``, ``csmctl train``, ...) the way llm's plugins do::
+
+    from csm_core import hookimpl
+
+    @hookimpl
+    def register_commands(cli):
+        @cli.command()
+        def hello(name: str) -> None:
+            \"\"\"Say hello.\"\"\"
+            print(f"hello {name}")
+
+Each implementation is called on its own, so one that raises costs only its own commands: the failure
+is kept and shown as a warning line, and the CLI still starts. The module that implements the hook
+must stay light to import (the hook runs at every ``csmctl`` start): import torch and the like inside
+the command functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import typer
+
+
+@dataclass(frozen=True)
+class CommandFailure:
+    """A plugin whose ``register_commands`` raised: its name and the error."""
+
+    plugin: str
+    error: str
+
+
+def add_plugin_commands(app: typer.Typer, plugins=None) -> list[CommandFailure]:
+    """Call every plugin's ``register_commands(cli=app)``; returns the ones that raised.
+
+    ``plugins`` is a :class:`csm_core.plugins.Plugins` (default: loaded from the environment, as every
+    command loads them). A command name that is already taken is a failure of the plugin that adds it.
+    """
+    if plugins is None:
+        from csm_core.plugins import Plugins
+
+        plugins = Plugins.from_environment()
+    failures = []
+    for impl in plugins.hook.register_commands.get_hookimpls():
+        before = {_name(command) for command in app.registered_commands}
+        count = len(app.registered_commands)
+        try:
+            impl.function(cli=app)
+            added = [_name(command) for command in app.registered_commands[count:]]
+            taken = sorted(name for name in added if name in before)
+            if taken:
+                del app.registered_commands[count:]
+                raise ValueError(f"command {taken[0]!r} already exists; choose another name")
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must never take the CLI down
+            del app.registered_commands[count:]
+            failures.append(CommandFailure(impl.plugin_name, f"{type(exc).__name__}: {exc}"))
+    return failures
+
+
+def _name(command) -> str:
+    return command.name or command.callback.__name__.replace("_", "-")
