@@ -10,9 +10,10 @@ with the pipeline's tokenizer stage into Mimi codes [K, F]. The codes are cached
   codec's precision (a backend may round differently);
 - ``sample_rate``: the rate the clip is resampled to before encoding (24 kHz).
 
-The transcript and speaker id are not part of the key (they do not change the codes). An entry holds
-its key, so a corrupt or mismatched entry is detected, reported, and encoded again. Entries are written
-with :func:`csm_core.files.write_atomic`.
+The transcript and speaker id are not part of the key (they do not change the codes). An entry is
+written atomically with a checksum file beside it (``<key>.json.sha256``, :mod:`csm_core.artifact_check`)
+and holds its key, so an entry that is truncated, changed, without its checksum file or with a wrong one,
+or made for another key is detected, reported, and encoded again: a damaged entry is never used.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from csm_core.artifact_check import checksum_path, read_verified, store
 from csm_core.audio import MIMI_SAMPLE_RATE, Audio, read_audio
 from csm_core.errors import CsmError
-from csm_core.files import file_sha256, write_atomic
+from csm_core.files import file_sha256
 from csm_core.stages import Segment
 
 if TYPE_CHECKING:
@@ -142,10 +144,12 @@ def entry_path(settings: "Settings", key: dict[str, Any]) -> Path:
 
 
 def _read_entry(path: Path, key: dict[str, Any]) -> np.ndarray:
-    """The codes [K, F] of a cache entry; ValueError saying what is wrong with it otherwise."""
+    """The codes [K, F] of a cache entry; ValueError saying what is wrong with it otherwise (its checksum
+    first: :class:`~csm_core.artifact_check.ArtifactMismatch` is a ValueError)."""
+    data = read_verified(path)
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+        payload = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise ValueError(f"unreadable ({exc})") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc})") from None
@@ -170,7 +174,7 @@ def _write_entry(path: Path, key: dict[str, Any], codes: np.ndarray) -> None:
         "num_codebooks": int(codes.shape[0]), "frames": int(codes.shape[1]),
         "codes": codes.astype(np.int64).tolist(),
     }
-    write_atomic(path, json.dumps(payload))
+    store(path, json.dumps(payload).encode("utf-8"))
 
 
 def _checked_codes(codes: Any, audio_path: Path) -> np.ndarray:
@@ -198,11 +202,12 @@ def encode_profile(
     path = entry_path(settings, key)
     speaker = settings.speaker if voice.speaker is None else voice.speaker
     codes = None
-    if path.exists():
+    if path.exists() or checksum_path(path).exists():
         try:
             codes = _read_entry(path, key)
         except ValueError as reason:
-            report(f"voice profile cache entry {str(path)!r} is {reason}: encoding {str(audio_path)!r} again")
+            report(f"voice profile cache entry {str(path)!r} cannot be used ({reason}): "
+                   f"encoding {str(audio_path)!r} again")
     from_cache = codes is not None
     if codes is None:
         codes = _checked_codes(encode(read_audio(audio_path, MIMI_SAMPLE_RATE)), audio_path)

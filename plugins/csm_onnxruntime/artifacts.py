@@ -8,9 +8,10 @@ its weights in an external data file beside it, ``<name>.data`` (the exporter wr
 weights exceed 2 GB). ``<name>.sha256`` lists the SHA-256 of every file of the artifact, one
 ``<hex>  <file name>`` line each (``sha256sum`` format), the ``.onnx`` first.
 
-An artifact is used only when every listed file exists with its checksum, the graph references exactly
-the listed data files, and its ``metadata_props`` match what is wanted, including the project version
-(``csm_core.__version__``) that wrote it; otherwise it is rebuilt and the reason is reported. The build
+An artifact is used only when every listed file exists with its checksum (:mod:`csm_core.artifact_check`,
+the one checksum-file mechanism of every cache), the graph references exactly the listed data files, and
+its ``metadata_props`` match what is wanted, including the project version (``csm_core.__version__``)
+that wrote it; otherwise it is rebuilt and the reason is reported. The build
 writes into a private staging folder; the checksum file is removed first, the data file and then the
 graph are moved into place with :func:`os.replace`, and the checksum file is written last, so an
 interrupted export never leaves an artifact that a later run would load, and a graph and its data are
@@ -29,10 +30,10 @@ from pathlib import Path
 from typing import Callable
 
 import csm_core
-from csm_core.files import file_sha256, write_atomic
+from csm_core.artifact_check import ArtifactMismatch, checksum_path, identity, verify, write_checksums
+from csm_core.files import file_sha256
 
 METADATA_PREFIX = "csm_multi."
-CHECKSUM_SUFFIX = ".sha256"
 DATA_SUFFIX = ".data"
 
 
@@ -112,10 +113,6 @@ class Artifact:
     data_files: tuple[Path, ...] = ()
 
 
-def checksum_path(path: Path) -> Path:
-    return Path(str(path) + CHECKSUM_SUFFIX)
-
-
 def _external_tensors(model):
     """Every tensor of ``model`` (initializers and node attributes, subgraphs included) stored externally."""
     from onnx import TensorProto
@@ -151,27 +148,6 @@ def data_file_names(path: Path, count: int) -> list[str]:
     return [f"{path.name}.{i}{DATA_SUFFIX}" for i in range(count)]
 
 
-def _read_checksums(path: Path) -> dict[str, str]:
-    """file name -> recorded SHA-256 from ``path``'s checksum file (a bare hash line names the graph)."""
-    recorded = {}
-    for line in checksum_path(path).read_text().splitlines():
-        if not line.strip():
-            continue
-        digest, _, name = line.strip().partition("  ")
-        recorded[name.strip() or path.name] = digest
-    return recorded
-
-
-def _checksum_text(hashes: dict[str, str]) -> str:
-    return "".join(f"{digest}  {name}\n" for name, digest in hashes.items())
-
-
-def _artifact_sha(path: Path, hashes: dict[str, str]) -> str:
-    if len(hashes) == 1:
-        return hashes[path.name]
-    return hashlib.sha256(_checksum_text(hashes).encode()).hexdigest()
-
-
 def read_metadata(path: Path) -> dict[str, str]:
     """The file's ``metadata_props`` (raises when the file is not a loadable ONNX model)."""
     import onnx
@@ -180,27 +156,21 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def problem_with(path: Path, spec: ArtifactSpec) -> str | None:
-    """Why the artifact at ``path`` (graph, data files, checksum file) cannot be used for ``spec``, or None."""
+def problem_with(path: Path, spec: ArtifactSpec, recorded: dict[str, str] | None = None) -> str | None:
+    """Why the artifact at ``path`` (graph, data files, checksum file) cannot be used for ``spec``, or None.
+
+    ``recorded``, when given, receives the verified {file name: SHA-256} of the artifact's files."""
     import onnx
 
-    if not checksum_path(path).is_file():
-        return "its checksum file is missing (an interrupted write?)"
-    recorded = _read_checksums(path)
-    if path.name not in recorded:
-        return f"its checksum file does not list {path.name}"
-    for name, expected in recorded.items():
-        member = path.with_name(name)
-        if not member.is_file():
-            return f"{name} is missing (its checksum file lists it)"
-        actual = file_sha256(member)
-        if actual != expected:
-            return f"the checksum {actual[:12]} of {name} does not match the recorded {expected[:12]} (corrupted or truncated)"
+    try:
+        hashes = verify(path)  # each file hashed once
+    except ArtifactMismatch as exc:
+        return str(exc)
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is unusable
         return f"it does not load as ONNX ({type(exc).__name__}: {exc})"
-    referenced, listed = external_locations(model), sorted(set(recorded) - {path.name})
+    referenced, listed = external_locations(model), sorted(set(hashes) - {path.name})
     if referenced != listed:
         return f"it references the data files {referenced} but its checksum file lists {listed}"
     found = {p.key: p.value for p in model.metadata_props}
@@ -208,6 +178,8 @@ def problem_with(path: Path, spec: ArtifactSpec) -> str | None:
         have = found.get(key)
         if have != want:
             return f"its metadata {key}={have!r} does not match the wanted {want!r}"
+    if recorded is not None:
+        recorded.update(hashes)
     return None
 
 
@@ -242,9 +214,10 @@ def ensure_artifact(
     spec: ArtifactSpec,
     build: Callable[[Path], None],
     report: Callable[[str], None],
+    backend: str = "onnxruntime",
 ) -> Artifact:
     """The validated ONNX graph for ``spec`` in ``directory``, exporting it with ``build(staged_path)``
-    when it is missing or unusable (the reason goes to ``report``).
+    when it is missing or unusable (the reason goes to ``report``, prefixed with ``backend``).
 
     ``build`` writes a plain ONNX file at the path it is given, in a private staging folder, optionally
     with external data files beside it (relative locations). This function adds the metadata, renames
@@ -255,14 +228,14 @@ def ensure_artifact(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / spec.filename()
     if path.is_file():
-        problem = problem_with(path, spec)
+        recorded: dict[str, str] = {}
+        problem = problem_with(path, spec, recorded)
         if problem is None:
-            hashes = _read_checksums(path)
-            data = tuple(directory / n for n in hashes if n != path.name)
-            return Artifact(path, _artifact_sha(path, hashes), built=False, data_files=data)
-        report(f"onnxruntime: rebuilding {path.name}: {problem}")
+            data = tuple(directory / n for n in recorded if n != path.name)
+            return Artifact(path, identity(path, recorded), built=False, data_files=data)
+        report(f"{backend}: rebuilding {path.name}: {problem}")
     else:
-        report(f"onnxruntime: exporting {spec.component} to {path} (no cached graph for these weights and settings)")
+        report(f"{backend}: exporting {spec.component} to {path} (no cached graph for these weights and settings)")
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         staged = staging / path.name
@@ -287,8 +260,8 @@ def ensure_artifact(
         for source, final in moves.items():
             os.replace(source, directory / final)
         os.replace(staged, path)
-        write_atomic(checksum_path(path), _checksum_text(hashes))
+        write_checksums(path, hashes)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     data = tuple(directory / final for final in moves.values())
-    return Artifact(path, _artifact_sha(path, hashes), built=True, data_files=data)
+    return Artifact(path, identity(path, hashes), built=True, data_files=data)

@@ -20,7 +20,7 @@ from csm_onnxruntime.engines import bind_tensor, cache_dir, requested_device
 from csm_onnxruntime.export import EXPORTER, OPSET
 from csm_onnxruntime.graphs import cache_names
 from csm_onnxruntime.lm_export import check_exportable, export_causal_lm, lm_cache_shape, lm_facts
-from csm_onnxruntime.session import SessionOptions, create_session
+from csm_onnxruntime.session import SessionOptions, create_session, require_provider
 
 COMPONENT = "causal_lm"
 RUNNABLE_DTYPES = (torch.float32, torch.float16)  # the graph's float types
@@ -49,6 +49,8 @@ class OnnxCausalLm(TokenSteps):
                 "set component_precision.llm = \"fp16\" or \"fp32\""
             )
         check_exportable(model, self.max_positions)  # before hashing gigabytes of weights
+        require_provider("the causal_lm graph", requested_device(context, model),
+                         allow_fallback=context.settings.allow_fallback)  # before exporting it
         spec = causal_lm_spec(model, self.max_positions, weights_hash(model))
         self.artifact = ensure_artifact(
             cache_dir(context), spec, lambda path: export_causal_lm(model, path, self.max_positions), context.report

@@ -24,7 +24,7 @@ from csm_onnxruntime.artifacts import ArtifactSpec, ensure_artifact, weights_has
 from csm_onnxruntime.export import EXPORTER, OPSET, csm_cache_shape, export_csm_part, export_mimi_decoder_step
 from csm_onnxruntime.graphs import cache_names
 from csm_onnxruntime.precision import PrecisionPlan, convert_graph, plan_for
-from csm_onnxruntime.session import SessionOptions, create_session
+from csm_onnxruntime.session import SessionOptions, create_session, require_provider
 
 # Element types for IO binding: numpy types, or ONNX TensorProto numbers where numpy has none (bf16).
 NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bfloat16: 16}
@@ -46,6 +46,7 @@ def requested_device(context: StageContext, module) -> str:
 
 
 def _open_graph(context, spec: ArtifactSpec, build, device: str, plan: PrecisionPlan | None = None):
+    require_provider(f"the {spec.component} graph", device, allow_fallback=context.settings.allow_fallback)  # before any export
     artifact = ensure_artifact(cache_dir(context), spec, build, context.report)
     options = SessionOptions.from_options(context.settings.options.get("onnxruntime"))
     try:

@@ -12,6 +12,9 @@ The cache is shared by every pipeline of the process that uses the same ``size``
 sessions and one voice profile encodes it once), least recently used entries evicted beyond ``size``
 (``[options.profile-cache] size``, default 32). Effect: exact (the codes returned are the codes the
 tokenizer returned for the same samples).
+
+Nothing is written to disk, so there is no cached file to verify: entries are kept read-only and handed
+out as copies. The disk cache of voice profiles is :mod:`csm_core.voice_profile`'s, checked on load.
 """
 
 from __future__ import annotations

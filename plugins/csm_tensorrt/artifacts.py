@@ -6,6 +6,11 @@ The ONNX graphs are the ONNX Runtime backend's (:mod:`csm_onnxruntime.export`, c
 a graph exported by either backend is found by the other. Graphs are exported in float32 and the
 TensorRT precision plan lowers them (:mod:`csm_tensorrt.precision`); the precision-converted graphs and
 the engines go under ``<cache_dir>/tensorrt``.
+
+Every file here is verified when it is loaded: the graphs, typed graphs included, are
+:func:`csm_onnxruntime.artifacts.ensure_artifact` artifacts (checksum file, metadata, key), the engines and
+timing caches have checksum files (:mod:`csm_tensorrt.engine_cache`). An engine's key names its graph by
+the graph's verified checksum, so no graph is hashed twice for one load.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import profiles as P
-from .engine_cache import EngineCache, EngineKey, onnx_sha256
+from .engine_cache import EngineCache, EngineKey, checked_timing_cache, seal_timing_cache
 from .precision import PrecisionPlan, convert_graph, plan_for
 
 Progress = Callable[[str, int, int], None]
@@ -47,46 +52,64 @@ def mimi_graph_spec(mimi, num_codebooks: int):
     return mimi_decoder_spec(mimi, num_codebooks, 1)
 
 
-def onnx_graph(context, spec, build: Callable[[Path], None]) -> Path:
-    """The cached ONNX graph for ``spec`` (shared with the ONNX Runtime backend), exported when missing."""
+def onnx_artifact(context, spec, build: Callable[[Path], None]):
+    """The verified cached ONNX graph for ``spec`` (an :class:`~csm_onnxruntime.artifacts.Artifact`,
+    shared with the ONNX Runtime backend), exported when missing or damaged."""
     from csm_onnxruntime.artifacts import ensure_artifact
 
-    return ensure_artifact(context.settings.resolved_cache_dir() / "onnx", spec, build, context.report).path
+    return ensure_artifact(context.settings.resolved_cache_dir() / "onnx", spec, build, context.report)
 
 
-def typed_graph(onnx_path: Path, plan: PrecisionPlan, directory: Path) -> Path:
-    """``onnx_path`` converted by ``plan`` (the path itself for fp32), cached beside the engines."""
+def onnx_graph(context, spec, build: Callable[[Path], None]) -> Path:
+    """The path of :func:`onnx_artifact`."""
+    return onnx_artifact(context, spec, build).path
+
+
+def typed_spec(spec, source_sha256: str, plan: PrecisionPlan):
+    """The ArtifactSpec of ``spec``'s graph typed by ``plan``: the plan and the source graph's checksum
+    are in its key, so another plan or another source graph never finds it."""
+    from csm_onnxruntime.artifacts import ArtifactSpec
+
+    export = dict(spec.export, precision=plan.as_dict(), source_sha256=source_sha256)
+    return ArtifactSpec(spec.component, spec.weights_hash, export, dict(spec.facts))
+
+
+def typed_graph(source, spec, plan: PrecisionPlan, directory: Path, report: Callable[[str], None]):
+    """The verified graph ``source`` (the Artifact of ``spec``) typed by ``plan``: ``source`` itself for
+    fp32, else a cached artifact in ``directory``, converted again (and reported) when missing or damaged.
+
+    Typed graphs keep their weights in ``<name>.data`` beside them (past protobuf's 2 GB limit too).
+    """
     if plan.dtype == "fp32":
-        return onnx_path
-    import onnx
+        return source
+    from csm_onnxruntime.artifacts import ensure_artifact
 
-    target = directory / f"{onnx_path.stem}.{plan.dtype}.onnx"
-    if not target.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        model = convert_graph(onnx.load(str(onnx_path)), plan)
-        # Weights go to <name>.data (external data; past protobuf's 2 GB limit), the graph last:
-        # a graph file exists only once its data is complete.
-        tmp = directory / f".{target.name}.tmp"
-        onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{target.name}.data")
-        tmp.replace(target)
-    return target
+    def build(staged: Path) -> None:
+        import onnx
+
+        model = convert_graph(onnx.load(str(source.path)), plan)
+        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{staged.name}.data")
+
+    return ensure_artifact(directory, typed_spec(spec, source.sha256, plan), build, report, backend="tensorrt")
 
 
-def engine_for(context, component: str, onnx_path: Path, plan: PrecisionPlan, options: P.TrtOptions, ranges) -> bytes:
-    """The cached engine for ``component`` (built and stored when missing, stale or corrupt)."""
+def engine_for(context, component: str, source, spec, plan: PrecisionPlan, options: P.TrtOptions, ranges) -> bytes:
+    """The cached engine for ``component`` from the graph ``source`` (the Artifact of ``spec``), built
+    and stored when missing, stale or damaged."""
     import torch
 
     from .builder import build_engine
     from .versions import gpu_identity
 
     root = context.settings.resolved_cache_dir() / "tensorrt"
-    graph = typed_graph(onnx_path, plan, root / "graphs")
-    shapes = P.profile_shapes(component, P.onnx_input_shapes(graph), ranges)
+    graph = typed_graph(source, spec, plan, root / "graphs", context.report)
+    shapes = P.profile_shapes(component, P.onnx_input_shapes(graph.path), ranges)
     device_index = torch.cuda.current_device()
     gpu = gpu_identity(device_index)
     key = EngineKey(
-        onnx_sha256=onnx_sha256(graph),
-        export_settings={"source": onnx_path.name},
+        onnx_sha256=graph.sha256,  # verified by typed_graph / ensure_artifact: not hashed again
+        export_settings={"source": source.path.name},
         tensorrt_version=gpu.tensorrt_version,
         cuda_version=gpu.cuda_version,
         gpu_name=gpu.gpu_name,
@@ -98,9 +121,14 @@ def engine_for(context, component: str, onnx_path: Path, plan: PrecisionPlan, op
     cache = EngineCache(root)
     data = cache.load(component, key, context.report)
     if data is None:
-        context.report(f"tensorrt: building the {component} engine from {graph.name} (this takes a while)")
-        timing = root / f"timing-{gpu.slug()}.cache" if options.timing_cache else None
-        data = build_engine(graph, shapes, workspace_bytes=options.workspace_bytes, timing_cache=timing, report=context.report)
+        context.report(f"tensorrt: building the {component} engine from {graph.path.name} (this takes a while)")
+        timing = None
+        if options.timing_cache:
+            timing = checked_timing_cache(root / f"timing-{gpu.slug()}.cache", context.report)
+        data = build_engine(graph.path, shapes, workspace_bytes=options.workspace_bytes, timing_cache=timing,
+                            report=context.report)
+        if timing is not None:
+            seal_timing_cache(timing)
         cache.store(component, key, data)
     return data
 
@@ -124,9 +152,10 @@ def csm_engines(model, context, progress: Progress | None = None):
     for done, component in enumerate(graphs):
         if progress:
             progress(f"tensorrt: {component}", done, len(graphs))
-        path = onnx_graph(context, specs[component], lambda tmp, c=component: export_csm_part(model, c, tmp, 1))
+        source = onnx_artifact(context, specs[component], lambda tmp, c=component: export_csm_part(model, c, tmp, 1))
         ranges = P.axis_ranges(component, options, max_seq_len=model.args.max_seq_len)
-        runners[component] = TrtRunner(engine_for(context, component, path, plan, options, ranges), device, component)
+        engine = engine_for(context, component, source, specs[component], plan, options, ranges)
+        runners[component] = TrtRunner(engine, device, component)
     if progress:
         progress("tensorrt: csm engines ready", len(graphs), len(graphs))
     backbone = TrtBackbone(runners[P.BACKBONE_PREFILL], runners[P.BACKBONE_STEP], model.args.max_seq_len, options.cuda_graphs)
@@ -165,9 +194,10 @@ def codec_engine(mimi, context, progress: Progress | None = None, num_codebooks:
     for done, (component, build) in enumerate(builders.items()):
         if progress:
             progress(f"tensorrt: {component}", done, len(builders))
-        path = onnx_graph(context, specs[component], build)
+        source = onnx_artifact(context, specs[component], build)
         ranges = P.axis_ranges(component, options, max_seq_len=1, samples_per_frame=spf)
-        runners[component] = TrtRunner(engine_for(context, component, path, plan, options, ranges), device, component)
+        engine = engine_for(context, component, source, specs[component], plan, options, ranges)
+        runners[component] = TrtRunner(engine, device, component)
     if progress:
         progress("tensorrt: codec engines ready", len(builders), len(builders))
     trt_mimi = TrtMimi(runners.get(P.MIMI_ENCODER), runners[P.MIMI_DECODER_STEP], mimi, num_codebooks, options.max_decode_frames)

@@ -110,33 +110,80 @@ def test_different_audio_gets_a_different_entry(tmp_path, clip, write_wav, run_p
     b, calls, _ = run_profile(make_settings(tmp_path / "cache", other))
     assert calls == 1 and not b.from_cache and a.entry != b.entry
     assert not np.array_equal(a.segment.codes, b.segment.codes)
-    assert sorted(p.name for p in (tmp_path / "cache" / "profiles").iterdir()) == sorted([a.entry.name, b.entry.name])
+    names = [a.entry.name, b.entry.name]
+    assert sorted(p.name for p in (tmp_path / "cache" / "profiles").iterdir()) == sorted(
+        names + [n + ".sha256" for n in names])  # each entry with its checksum file
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("damage", ["truncate", "other-key", "bad-shape"])
-def test_corrupt_or_mismatched_entry_is_reported_and_rebuilt(tmp_path, clip, damage, run_profile):
-    settings = make_settings(tmp_path / "cache", clip)
-    first, _, _ = run_profile(settings)
-    text = first.entry.read_text()
-    if damage == "truncate":
-        first.entry.write_text(text[: len(text) // 2])
+DAMAGES = {  # damage -> what the reported reason says
+    "truncated": "does not match the recorded",
+    "bytes-flipped": "does not match the recorded",
+    "checksum-missing": "checksum file",
+    "checksum-wrong": "does not match the recorded",
+    "checksum-garbage": "is not a sha256sum listing",
+    "other-key": "does not match",  # a consistent entry (checksum updated) made for other settings
+    "bad-shape": "do not match",
+}
+
+
+def damage_entry(entry, damage: str) -> None:
+    """Damage the cache entry ``entry`` (and its checksum file) in the way ``damage`` names."""
+    from csm_core.artifact_check import checksum_path, seal
+
+    data = entry.read_bytes()
+    sums = checksum_path(entry)
+    if damage == "truncated":
+        entry.write_bytes(data[: len(data) // 2])
+    elif damage == "bytes-flipped":  # still valid JSON of the right shape: only the checksum tells
+        middle = data.index(b"[[") + (data.index(b"]]") - data.index(b"[[")) // 2
+        digit = next(i for i in range(middle, len(data)) if data[i:i + 1].isdigit())
+        flipped = b"1" if data[digit:digit + 1] != b"1" else b"2"
+        entry.write_bytes(data[:digit] + flipped + data[digit + 1:])
+        json.loads(entry.read_text())  # the damage is silent to a parser
+    elif damage == "checksum-missing":
+        sums.unlink()
+    elif damage == "checksum-wrong":
+        sums.write_text(f"{'0' * 64}  {entry.name}\n")
+    elif damage == "checksum-garbage":
+        sums.write_bytes(bytes(range(256)))
     else:
-        payload = json.loads(text)
+        payload = json.loads(data)
         if damage == "other-key":
             payload["key"]["codec"] = "preset:small"
         else:
             payload["frames"] += 1
-        first.entry.write_text(json.dumps(payload))
+        entry.write_text(json.dumps(payload))
+        seal(entry)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_corrupt_or_mismatched_entry_is_reported_and_rebuilt(tmp_path, clip, damage, run_profile):
+    settings = make_settings(tmp_path / "cache", clip)
+    first, _, _ = run_profile(settings)
+    assert (first.entry.parent / (first.entry.name + ".sha256")).is_file()
+    damage_entry(first.entry, damage)
     events: list[str] = []
     rebuilt, calls, _ = run_profile(settings, events)
     assert calls == 1 and not rebuilt.from_cache
-    assert len(events) == 1 and str(first.entry) in events[0] and "encoding" in events[0]
-    reason = {"truncate": "not valid JSON", "other-key": "does not match", "bad-shape": "do not match"}[damage]
-    assert reason in events[0]
-    np.testing.assert_array_equal(rebuilt.segment.codes, first.segment.codes)
+    assert len(events) == 1 and str(first.entry) in events[0] and "encoding" in events[0] and "again" in events[0]
+    assert DAMAGES[damage] in events[0]
+    np.testing.assert_array_equal(rebuilt.segment.codes, first.segment.codes)  # as a clean run
     again, calls, _ = run_profile(settings)
     assert calls == 0 and again.from_cache
+    np.testing.assert_array_equal(again.segment.codes, first.segment.codes)
+
+
+def test_the_checksum_catches_a_silent_change_of_the_codes(tmp_path, clip):
+    """Bytes flipped inside the codes parse fine; without the checksum they would be used."""
+    settings = make_settings(tmp_path, clip)
+    codes = np.arange(24, dtype=np.int64).reshape(2, 12)
+    first = encode_profile(settings.voice, settings, lambda audio: codes)
+    damage_entry(first.entry, "bytes-flipped")
+    events: list[str] = []
+    again = encode_profile(settings.voice, settings, lambda audio: codes, report=events.append)
+    assert not again.from_cache and len(events) == 1 and "checksum" in events[0]
+    np.testing.assert_array_equal(again.segment.codes, codes)
 
 
 def test_key_covers_what_changes_the_codes(tmp_path, clip):

@@ -146,6 +146,27 @@ def test_voice_profile_encoded_once_across_disk_cache_misses(pipelines, tmp_path
     np.testing.assert_array_equal(profiles[0].segment.codes, profiles[1].segment.codes)
 
 
+@pytest.mark.slow
+def test_the_cache_lives_in_memory_only(pipelines):
+    """The optimizer writes nothing to disk (so no cached file of it can be damaged; the disk cache of
+    voice profiles is checked on load, see tests/core/test_voice_profile.py), and what it keeps cannot
+    be changed through the codes it hands out."""
+    on, _ = pipelines
+    cache = shared_cache(2)
+    cache.clear()
+    cache_dir = on.settings.resolved_cache_dir()
+    before = sorted(cache_dir.rglob("*"))
+    work: list = []
+    first = encode(on, clip(500.0), work)
+    expected = first.copy()
+    first[...] = 0  # a caller that changes its codes in place
+    again = encode(on, clip(500.0), work)
+    assert len(work) == 1 and cache.stats.hits == 1
+    np.testing.assert_array_equal(again, expected)
+    assert sorted(cache_dir.rglob("*")) == before
+    assert len(cache) == 1 and not any(codes.flags.writeable for codes in cache._entries.values())
+
+
 def test_switched_on_and_off_by_config(tmp_path):
     """Listed in ``optimizers``: its hooks are registered for the pipeline's life; not listed: absent."""
     with Pipeline(settings(tmp_path, True), make_plugins()) as on:
