@@ -65,11 +65,33 @@ class DepthDecoderEngine(Protocol):
         """
 
 
+class FrameEngine(Protocol):
+    """Optional: the depth decoding of a whole frame in one call (``CsmEngines.frame_decoder``).
+
+    A backend that can run a frame's K-1 decoder steps as one unit (a captured CUDA graph, one fused
+    graph) offers this; the frame loop then calls :meth:`decode` instead of sampling step by step. It
+    must give exactly the codes of :func:`csm_core.generation.frames.decode_frame` for the same inputs:
+    the way to guarantee that is to run that very function inside the unit, as the PyTorch backend's
+    CUDA graphs do.
+    """
+
+    def supports(self, params) -> bool:
+        """Whether :meth:`decode` can run under these :class:`~csm_core.generation.SamplingParams`
+        (for example greedy only); when it cannot, the frame loop decodes step by step."""
+
+    def decode(self, hidden: torch.Tensor, c0_logits: torch.Tensor, params) -> torch.Tensor:
+        """Codes [B,K] of one frame from the backbone's ``hidden`` [B,D] and codebook-0 logits [B,V]."""
+
+
 class CsmEngines(Protocol):
-    """What a backend returns for the ``csm`` component."""
+    """What a backend returns for the ``csm`` component.
+
+    ``frame_decoder`` is a :class:`FrameEngine` where the backend offers whole-frame decoding, else None.
+    """
 
     backbone: BackboneEngine
     decoder: DepthDecoderEngine
+    frame_decoder: FrameEngine | None
 
 
 @runtime_checkable

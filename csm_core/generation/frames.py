@@ -62,8 +62,12 @@ class SilenceGuard:
         return c0 == previous_c0
 
 
-def _decode_frame(engines, embedder, hidden, c0_logits, params, generator) -> torch.Tensor:
-    """One frame [B,K]: codebook 0 from the backbone's logits, codebooks 1..K-1 from the depth decoder."""
+def decode_frame(engines, embedder, hidden, c0_logits, params, generator) -> torch.Tensor:
+    """One frame [B,K]: codebook 0 from the backbone's logits, codebooks 1..K-1 from the depth decoder.
+
+    A backend's :class:`~csm_core.components.FrameEngine` runs this same function inside its fused
+    unit (with its own eager ``engines``), so fused and step-by-step frames are the same codes.
+    """
     b, k = hidden.shape[0], embedder.num_codebooks
     code = sample(c0_logits, params, generator)
     codes = [code]
@@ -108,13 +112,20 @@ def generate_frames(
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
 
+    fused = getattr(engines, "frame_decoder", None)  # optional (CsmEngines.frame_decoder): None on most backends
+    if fused is not None and not fused.supports(sampling):
+        fused = None
+
     engines.backbone.reset()
     hidden, c0_logits = engines.backbone.prefill(embedder.embed_frames(batch.tokens, batch.mask), batch.positions)
     ended = torch.zeros(b, dtype=torch.bool, device=device)
     silent_run = torch.zeros(b, dtype=torch.long, device=device)
     previous_c0 = None
     for index in range(max_frames):
-        frame = _decode_frame(engines, embedder, hidden, c0_logits, sampling, generator)
+        if fused is not None:
+            frame = fused.decode(hidden, c0_logits, sampling)
+        else:
+            frame = decode_frame(engines, embedder, hidden, c0_logits, sampling, generator)
         frame = frame.masked_fill(ended.unsqueeze(1), 0)
         now_ended = (frame == 0).all(dim=1)
         if silence_guard is not None:

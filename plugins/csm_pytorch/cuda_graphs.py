@@ -6,6 +6,11 @@ removes the per-kernel launch cost. Only calls whose shapes never change are cap
 - the backbone *step* (``embed`` [B,1,D], ``position`` [B,1]), once per generated frame;
 - the depth decoder's two call shapes (T=2 on the first call of a frame, T=1 for the others).
 
+- under greedy decoding, a whole frame's depth decoding (:class:`GraphedFrame`): codebook 0 sampled from
+  the backbone's logits, then the K-1 decoder steps each followed by the core's own sampling, replayed
+  as one graph instead of 31 (the core's :func:`~csm_core.generation.frames.decode_frame` is what is
+  captured, so the codes are the step-by-step codes). Sampling with a generator stays per step.
+
 The prefill (T varies with the prompt) stays eager. This works because :class:`csm_pytorch.model.Csm`
 keeps static KV caches written by position and attends over the whole cache under a gathered mask: a
 step has no data-dependent shapes, and the caches live at fixed addresses.
@@ -23,9 +28,13 @@ from typing import Callable, Sequence
 import torch
 
 from csm_core.errors import CsmError
-from csm_pytorch.model import Csm, TorchBackbone, TorchCsmEngines
+from csm_core.generation.embedder import FrameEmbedder
+from csm_core.generation.frames import decode_frame
+from csm_core.generation.sampling import SamplingParams
+from csm_pytorch.model import Csm, TorchBackbone, TorchCsmEngines, TorchDepthDecoder
 
-__all__ = ["StaticStep", "GraphedBackbone", "GraphedDepthDecoder", "cuda_graph_engines", "check_cuda_graph_device"]
+__all__ = ["StaticStep", "GraphedBackbone", "GraphedDepthDecoder", "GraphedFrame", "cuda_graph_engines",
+           "check_cuda_graph_device"]
 
 WARMUP_ITERATIONS = 3
 
@@ -134,8 +143,48 @@ class GraphedDepthDecoder:
         return step(x, positions)[0]
 
 
+class GraphedFrame:
+    """:class:`~csm_core.components.FrameEngine`: a greedy frame's depth decoding as one :class:`StaticStep`.
+
+    The captured function is the core's :func:`~csm_core.generation.frames.decode_frame` over eager
+    engines of the same model (so the same kernels in the same order), one graph per (batch shape,
+    sampling parameters). Under sampling (``params.greedy`` false) :meth:`supports` is false and the
+    frame loop uses the per-step graphs.
+    """
+
+    def __init__(self, model: Csm, capture: bool) -> None:
+        self.model = model
+        self.capture = capture
+        self.embedder = FrameEmbedder.from_model(model)
+        self._eager = _EagerDecoder(model)
+        self._steps: dict[tuple, StaticStep] = {}
+
+    def supports(self, params: SamplingParams) -> bool:
+        return params.greedy
+
+    @torch.inference_mode()
+    def decode(self, hidden: torch.Tensor, c0_logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        if not params.greedy:
+            raise ValueError("GraphedFrame decodes greedy frames only: check supports(params) first")
+        key = (tuple(hidden.shape), hidden.dtype, tuple(c0_logits.shape), params)
+        step = self._steps.get(key)
+        if step is None:
+            def frame(h: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor]:
+                return (decode_frame(self._eager, self.embedder, h, logits, params, None),)
+
+            step = self._steps[key] = StaticStep(frame, (hidden, c0_logits), self.capture)
+        return step(hidden, c0_logits)[0]
+
+
+class _EagerDecoder:
+    """The ``decoder`` that :func:`decode_frame` drives inside the captured frame (no backbone needed)."""
+
+    def __init__(self, model: Csm) -> None:
+        self.decoder = TorchDepthDecoder(model)
+
+
 def cuda_graph_engines(model: Csm, batch_size: int = 1, *, capture: bool = True) -> TorchCsmEngines:
-    """:class:`TorchCsmEngines` whose backbone step and decoder steps run through :class:`StaticStep`.
+    """:class:`TorchCsmEngines` whose backbone step, decoder steps and greedy frames run through :class:`StaticStep`.
 
     ``capture=True`` needs the model on a CUDA device (:func:`check_cuda_graph_device`); ``capture=False``
     keeps the static-buffer plumbing without capturing (any device).
@@ -145,4 +194,5 @@ def cuda_graph_engines(model: Csm, batch_size: int = 1, *, capture: bool = True)
     engines = TorchCsmEngines(model, batch_size)
     engines.backbone = GraphedBackbone(model, capture)
     engines.decoder = GraphedDepthDecoder(model, capture)
+    engines.frame_decoder = GraphedFrame(model, capture)
     return engines

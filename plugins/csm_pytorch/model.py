@@ -415,3 +415,4 @@ class TorchCsmEngines:
         self.model = model
         self.backbone = TorchBackbone(model)
         self.decoder = TorchDepthDecoder(model)
+        self.frame_decoder = None  # no whole-frame engine in eager mode (csm_pytorch.cuda_graphs adds one)

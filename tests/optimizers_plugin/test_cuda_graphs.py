@@ -70,8 +70,22 @@ def test_an_unknown_backend_option_names_the_table():
 def test_static_buffer_engines_without_capture_give_the_eager_codes():
     model, _ = build_preset("tiny", 0)
     eager = codes_of(TorchCsmEngines(model), model)
-    static = codes_of(cuda_graph_engines(model, capture=False), model)
+    engines = cuda_graph_engines(model, capture=False)
+    static = codes_of(engines, model)
     assert static.shape == eager.shape and code_agreement(eager.numpy(), static.numpy()) == 1.0
+    assert len(engines.frame_decoder._steps) == 1  # greedy: every frame went through the whole-frame step
+    assert not engines.decoder._steps  # ... and none through the per-step decoder
+
+
+def test_sampling_decodes_step_by_step_with_the_eager_codes_for_the_same_seed():
+    model, _ = build_preset("tiny", 0)
+    sampling = SamplingParams(temperature=0.9, top_k=20, code_limit=2048)
+    runs = []
+    for engines in (TorchCsmEngines(model), cuda_graph_engines(model, capture=False)):
+        runs.append(generate_codes(engines, FrameEmbedder.from_model(model), prompt(model.args), max_frames=3,
+                                   sampling=sampling, seed=7, silence_guard=None))
+    assert code_agreement(runs[0].numpy(), runs[1].numpy()) == 1.0
+    assert not engines.frame_decoder.supports(sampling) and not engines.frame_decoder._steps and engines.decoder._steps
 
 
 def test_static_step_checks_shapes_and_returns_copies_not_its_buffers():
@@ -104,3 +118,4 @@ def test_captured_graphs_give_identical_codes_and_the_optimizer_switches_them_on
 
         assert isinstance(on.stage("tts").engines.backbone, GraphedBackbone)
         assert code_agreement(reference, on.speak("hi there").reply_codes) == 1.0
+        assert on.stage("tts").engines.frame_decoder._steps  # greedy frames ran as one captured graph
