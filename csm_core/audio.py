@@ -1,16 +1,22 @@
 """Audio in and out: read any WAV/FLAC, make it 24 kHz mono float32, write WAV.
 
+Reading checks the file's header before decoding (:mod:`csm_core.audio_header`): the limits on
+duration, rate and channels are there. Writing a whole file is atomic.
+
 Every stage sees :class:`Audio`: mono float32 samples in [-1, 1] and their sample rate.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from csm_core.audio_header import MAX_INPUT_SECONDS, MIN_INPUT_SECONDS, check_audio_file
 from csm_core.errors import AudioError
+from csm_core.files import write_atomic
 
 MIMI_SAMPLE_RATE = 24_000
 
@@ -65,36 +71,60 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(samples, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def read_audio(path: str | Path, sample_rate: int | None = MIMI_SAMPLE_RATE) -> Audio:
-    """Read a WAV/FLAC/OGG file, mix it to mono and resample it (``sample_rate=None`` keeps the rate)."""
+def read_audio(
+    path: str | Path,
+    sample_rate: int | None = MIMI_SAMPLE_RATE,
+    what: str | None = None,
+    *,
+    min_seconds: float = MIN_INPUT_SECONDS,
+    max_seconds: float = MAX_INPUT_SECONDS,
+) -> Audio:
+    """Read a WAV/FLAC/OGG file, mix it to mono and resample it (``sample_rate=None`` keeps the rate).
+
+    The header is checked first (:func:`csm_core.audio_header.check_audio_file`: format, channels,
+    rate, a truncated WAV, empty, shorter than ``min_seconds`` or longer than ``max_seconds``), so a
+    file that would be refused is never decoded. After decoding, fewer samples than the header
+    declared (a FLAC cut short) and NaN/infinite samples are errors too. ``what`` names the file in
+    errors (default ``audio file '<path>'``); every error is an :class:`AudioError`.
+    """
     import soundfile
 
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"audio file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise AudioError(f"{str(path)!r} is a directory, not an audio file")
+    what = what or f"audio file {str(path)!r}"
+    header = check_audio_file(path, what, min_seconds=min_seconds, max_seconds=max_seconds)
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(
-            f"{str(path)!r} is not a readable audio file ({exc}); use WAV, FLAC or OGG"
+            f"{what} cannot be decoded ({exc}): the file is truncated or corrupt; copy or export it again"
         ) from None
-    samples = validate_samples(to_mono(samples), what=f"audio file {str(path)!r}")
+    if len(samples) < header.frames:
+        raise AudioError(
+            f"{what} is truncated: its header promises {header.frames} samples ({header.duration_s:.3f} s) "
+            f"but only {len(samples)} could be decoded: copy or export it again"
+        )
+    samples = validate_samples(to_mono(samples), what=what)
     audio = Audio(samples, int(rate))
     return audio.resampled(sample_rate) if sample_rate else audio
 
 
 def write_wav(path: str | Path, audio: Audio) -> Path:
-    """Write 16-bit PCM WAV (the parent directory must exist); returns the path."""
+    """Write 16-bit PCM WAV atomically (a reader sees the old file or the whole new one, see
+    :func:`csm_core.files.write_atomic`); the parent directory must exist. Returns the path."""
     import soundfile
 
     path = Path(path)
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise AudioError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise AudioError(f"cannot write {str(path)!r}: it is a directory; give a file name such as reply.wav")
     validate_samples(audio.samples, what="audio to write")
-    soundfile.write(str(path), np.clip(audio.samples, -1.0, 1.0), audio.sample_rate, subtype="PCM_16")
-    return path
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.clip(audio.samples, -1.0, 1.0), audio.sample_rate, subtype="PCM_16", format="WAV")
+    try:
+        return write_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise AudioError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
 class WavStreamWriter:

@@ -3,6 +3,13 @@
 Start-up stays fast: this module imports no model runtime (torch, onnxruntime, tensorrt); the
 commands that need one import it when they run. Check with
 ``python -X importtime -c "import csm_core.cli"``.
+
+Bad input is refused before any model loads, in this order: the text, the settings (config file,
+``CSM_*`` environment, flags), the output paths (:mod:`csm_core.output_paths`), the input audio. Every
+refusal is one line ``error: ...`` on stderr and exit status 2, usage errors (an unknown flag, a value
+of the wrong type) included. A file the user has is never changed by a command that fails: audio is
+written atomically at the end (``--stream`` writes it in place, and puts the old file back when the
+command fails). Ctrl-C exits with status 130 and one line that says what was kept.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -43,7 +51,7 @@ Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for reproducib
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Backend = Annotated[Optional[str], typer.Option("--backend", "-b", help="Backend for every stage (see `csmctl doctor`).")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file.")]
-Output = Annotated[Path, typer.Option("--output", "-o", help="WAV file to write.")]
+Output = Annotated[str, typer.Option("--output", "-o", help="WAV file to write (its name ends in .wav).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what loads and runs.")]
 Optimizers = Annotated[
@@ -72,9 +80,41 @@ def _settings(config: Path | None = None, **flags):
     return load_settings(config, overrides)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    typer.secho(f"error: {_one_line(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _interrupted(kept: str) -> None:
+    """Ctrl-C: one line on stderr saying what was kept, then exit status 130."""
+    typer.secho(f"interrupted: {kept}", fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@dataclass
+class _SpeechFile:
+    """The audio file a command writes: the ``path`` given, the ``target`` written (a link followed),
+    and how many ``seconds`` of audio ``--stream`` put there so far."""
+
+    path: str
+    target: Path
+    stream: bool = False
+    seconds: float = 0.0
+
+    def kept(self) -> str:
+        """What an interrupted command leaves, for the ``interrupted:`` line."""
+        if self.stream and self.seconds > 0:
+            return f"kept {self.seconds:.2f} s of audio streamed to {self.path}"
+        state = "left as it was" if self.target.exists() else "not created"
+        return f"nothing written ({self.path} {state})"
 
 
 def _logging(verbose: bool) -> None:
@@ -103,33 +143,50 @@ def _speech_progress():
     )
 
 
-def _write_speech(pipeline, output: Path, stream: bool, produce):
-    """Run ``produce(on_audio)``; with ``stream`` the WAV grows on disk as chunks arrive.
+def _write_speech(pipeline, output: _SpeechFile, produce):
+    """Run ``produce(on_audio)`` and write the audio to ``output``.
 
+    Without ``--stream`` the file is written once, atomically, when the audio is complete. With it the
+    WAV grows on disk as chunks arrive; if the command then fails, the file is put back as it was (or
+    removed), while Ctrl-C keeps what was streamed (if anything was; else it too puts the file back).
     The tts stage is asked for its sample rate only when the first chunk arrives, so a progressive
     preload can still be loading it while the earlier stages of the turn run.
     """
-    from csm_core.audio import WavStreamWriter, write_wav
+    from contextlib import nullcontext
 
-    with _speech_progress() as progress:
+    from csm_core.audio import WavStreamWriter, write_wav
+    from csm_core.files import restored_on_failure
+
+    def keep(exc: BaseException) -> bool:  # Ctrl-C keeps the audio streamed so far; no audio: the old file
+        return isinstance(exc, KeyboardInterrupt) and output.seconds > 0
+
+    guard = restored_on_failure(output.target, keep=keep) if output.stream else nullcontext()
+    with _speech_progress() as progress, guard:
         task = progress.add_task("generating speech", total=None)
         writer: list = []
 
         def on_audio(samples):
             sample_rate = pipeline.stage("tts").sample_rate
             progress.advance(task, len(samples) / sample_rate)
-            if stream:
-                if not writer:
-                    writer.append(WavStreamWriter(output, sample_rate))
-                writer[0].write(samples)
+            if output.stream:
+                try:
+                    if not writer:
+                        writer.append(WavStreamWriter(output.target, sample_rate))
+                    writer[0].write(samples)
+                except (OSError, RuntimeError) as exc:  # libsndfile's errors are RuntimeErrors
+                    raise CsmError(
+                        f"cannot write {output.path!r} while streaming ({exc}): is the disk full? "
+                        "It was put back as it was"
+                    ) from None
+                output.seconds += len(samples) / sample_rate
 
         try:
             turn = produce(on_audio)
         finally:
             if writer:
                 writer[0].close()
-    if not stream or not writer:
-        write_wav(output, turn.audio)
+        if not output.stream or not writer:
+            write_wav(output.target, turn.audio)
     return turn
 
 
@@ -202,7 +259,7 @@ def doctor(as_json: JsonOut = False) -> None:
 @app.command()
 def say(
     text: Annotated[str, typer.Argument(help="What to say.")],
-    output: Output = Path("out.wav"),
+    output: Output = "out.wav",
     stream: Annotated[bool, typer.Option("--stream", help="Write audio to the file as it is generated.")] = False,
     model_path: ModelPath = None,
     model_flavor: ModelFlavor = None,
@@ -222,17 +279,24 @@ def say(
 ) -> None:
     """Speak TEXT with CSM and write it to a WAV file."""
     _logging(verbose)
+    out = None
     try:
+        from csm_core.output_paths import check_audio_output
+        from csm_core.user_text import check_text
+
+        check_text(text, "TEXT (the text to say)")
+        settings = _settings(**locals())
+        out = _SpeechFile(output, check_audio_output(output, reads={"voice.audio": settings.voice.audio}), stream)
+
         from csm_core.pipeline import Pipeline
 
-        settings = _settings(**locals())
-        if not text.strip():
-            _fail("the text to say is empty")
         with Pipeline(settings) as pipeline:
             pipeline.preload(["tts"])
-            turn = _write_speech(pipeline, output, stream, lambda on_audio: pipeline.speak(text, on_audio))
+            turn = _write_speech(pipeline, out, lambda on_audio: pipeline.speak(text, on_audio))
     except CsmError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted(out.kept() if out is not None else "nothing written")
     _print_turn(turn, output, as_json)
 
 
@@ -240,7 +304,7 @@ def say(
 def run(
     input: Annotated[Optional[Path], typer.Argument(help="The user's speech (WAV, FLAC, any rate).")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="The user's words as text, instead of audio.")] = None,
-    output: Output = Path("reply.wav"),
+    output: Output = "reply.wav",
     stream: Annotated[bool, typer.Option("--stream", help="Write the reply as it is generated.")] = False,
     model_path: ModelPath = None,
     model_flavor: ModelFlavor = None,
@@ -262,19 +326,30 @@ def run(
     _logging(verbose)
     if (input is None) == (text is None):
         _fail("give the user's speech as INPUT or their words with --text (one of the two)")
+    out = None
     try:
+        from csm_core.output_paths import check_audio_output
+        from csm_core.user_text import check_text
+
+        if text is not None:
+            check_text(text, "--text")
+        settings = _settings(**locals())
+        reads = {"INPUT": input, "voice.audio": settings.voice.audio}
+        out = _SpeechFile(output, check_audio_output(output, reads=reads), stream)
+
         from csm_core.audio import read_audio
         from csm_core.pipeline import AUDIO_STAGES, TEXT_STAGES, Pipeline
 
-        settings = _settings(**locals())
         audio = read_audio(input) if input is not None else None
         with Pipeline(settings) as pipeline:
             pipeline.preload(AUDIO_STAGES if audio is not None else TEXT_STAGES)
             turn = _write_speech(
-                pipeline, output, stream, lambda on_audio: pipeline.turn(audio=audio, text=text, on_audio=on_audio)
+                pipeline, out, lambda on_audio: pipeline.turn(audio=audio, text=text, on_audio=on_audio)
             )
     except CsmError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted(out.kept() if out is not None else "nothing written")
     _print_turn(turn, output, as_json)
 
 
@@ -285,7 +360,7 @@ def chat(
     state: Annotated[
         Path, typer.Option("--state", "-s", help="The conversation's state file (created on the first turn).")
     ] = Path("chat.json"),
-    output: Output = Path("reply.wav"),
+    output: Output = "reply.wav",
     model_path: ModelPath = None,
     model_flavor: ModelFlavor = None,
     preset: Preset = None,
@@ -307,18 +382,29 @@ def chat(
     if (input is None) == (text is None):
         _fail("give the user's speech as INPUT or their words with --text (one of the two)")
     try:
-        from csm_core.audio import MIMI_SAMPLE_RATE, read_audio, write_wav
+        from csm_core.output_paths import check_audio_output, check_writable_folder
+        from csm_core.user_text import check_text
+
+        if text is not None:
+            check_text(text, "--text")
+        settings = _settings(**locals())
+        reads = {"INPUT": input, "--state": state, "voice.audio": settings.voice.audio}
+        target = check_audio_output(output, reads=reads)
+        if state.parent.is_dir():  # saved by a rename in its folder; the rest of --state is chat_turn's to check
+            check_writable_folder(state.parent, f"--state {str(state)!r}")
+
+        from csm_core.audio import MIMI_SAMPLE_RATE, read_audio
         from csm_core.chat import chat_turn
 
-        settings = _settings(**locals())
         audio = read_audio(input) if input is not None else None
         with _speech_progress() as progress:
             task = progress.add_task("listening and replying", total=None)
-            done = chat_turn(state, settings, audio=audio, text=text,
+            done = chat_turn(state, settings, audio=audio, text=text, output=target,  # the reply, then the state
                              on_audio=lambda samples: progress.advance(task, len(samples) / MIMI_SAMPLE_RATE))
-        write_wav(output, done.turn.audio)
     except CsmError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted(f"nothing written ({output} and {state} left as they were)")
     _print_turn(done.turn, output, as_json)
     if not as_json:
         verb = "started" if done.created else "updated"
@@ -341,11 +427,13 @@ def export(
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from csm_core.output_paths import check_output_folder
         from csm_core.plugins import Plugins
         from csm_core.records import StageContext
         from csm_core.registry import Registry
 
         settings = _settings(**locals())
+        cache = check_output_folder(settings.resolved_cache_dir(), "the cache folder (cache_dir)")
         registry = Registry.collect(Plugins.from_environment())
         record = registry.backend(backend)
         if record.prepare is None:
@@ -364,6 +452,8 @@ def export(
             paths = record.prepare(context, report)
     except CsmError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted(f"the artifacts finished so far are kept in {cache} (each is whole); export again for the rest")
     for event in context.events:
         typer.echo(f"note: {event}")
     for path in paths:
@@ -380,7 +470,28 @@ app.command("bench")(_bench_command())
 
 
 def main() -> None:
-    app()
+    """Run ``csmctl``; usage errors (an unknown flag, a value of the wrong type, a missing argument) are
+    one ``error:`` line and exit status 2, like every other refusal."""
+    from csm_core.plugin_commands import add_plugin_commands
+
+    for failure in add_plugin_commands(app):
+        typer.secho(f"warning: plugin {failure.plugin!r} could not add its commands: {failure.error}",
+                    fg=typer.colors.YELLOW, err=True)
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's exceptions, as typer ships them
+        if any(cls.__name__ == "NoArgsIsHelpError" for cls in type(exc).__mro__):  # `csmctl say` alone: the help
+            exc.show()
+        else:
+            ctx = getattr(exc, "ctx", None)
+            command = ctx.command_path if ctx is not None else "csmctl"
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            typer.secho(f"error: {_one_line(message)} (see `{command} --help`)", fg=typer.colors.RED, err=True)
+        code = getattr(exc, "exit_code", EXIT_BAD_INPUT)
+    except typer.Abort:  # end of input at a prompt
+        typer.echo("interrupted: nothing written", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,12 +4,25 @@ Precedence, lowest first: defaults, the TOML file, ``CSM_*`` environment variabl
 Environment variables name nested fields with ``__``: ``CSM_BACKEND=onnxruntime``,
 ``CSM_GENERATION__TEMPERATURE=0.6``, ``CSM_MODELS__PRESET=tiny``. Unknown keys are errors, so a typo
 never passes silently. Invalid config raises :class:`ConfigError` naming each field and the reason,
-before any model loads.
+before any model loads, in one line.
+
+Environment variables: a ``CSM_*`` variable whose first part names no setting belongs to something
+else (``CSM_HOME`` of another program, a plugin's own variables) and is ignored, said at
+INFO level (logger ``csm.config``, shown by ``--verbose``), unless it looks like a misspelt setting
+(``CSM_BACKNED``, ``CSM_GENERATION_TOP_K`` with one underscore): that is an error that names the
+setting meant. Below a known setting every key must exist (``CSM_GENERATION__TOPK`` is an error).
+``CSM_LOAD_PLUGINS``, ``CSM_TRACE_HOOKS`` (the plugin manager's) and ``CSM_BENCH_*`` (the benchmark
+suite's) are not settings.
+
+The config file must be a regular UTF-8 file of at most :data:`MAX_CONFIG_BYTES`; an explicit
+``cache_dir`` must be a folder this process can create files in (or be creatable).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,20 +30,36 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from csm_core.errors import ConfigError
+from csm_core.errors import ConfigError, CsmError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
+log = logging.getLogger("csm.config")
+
 ENV_PREFIX = "CSM_"
+RESERVED_ENV = frozenset({"CSM_LOAD_PLUGINS", "CSM_TRACE_HOOKS"})  # the plugin manager's, not settings
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; anything over 1 MiB is the wrong file
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
+MAX_SPEAKER_ID = 1023  # CSM writes speaker ids as text, "[0]", "[1]": a larger id is a mistake (a seed, a port)
 BENCH_ENV_PREFIX = "CSM_BENCH_"  # the benchmark suite's own variables (benchmarks/conftest.py), not settings
 DEFAULT_EMOTIONS = ("happy", "calm", "excited", "sad", "angry", "neutral")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys, NaN and infinities are errors; so is an empty string anywhere (an empty path would
+    mean the current folder, an empty name nothing): leave the setting out instead."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: leave the setting out for its default, or give a value")
+        return value
 
 
 class GenerationSettings(_Model):
@@ -41,7 +70,7 @@ class GenerationSettings(_Model):
     temperature: float = Field(0.9, ge=0.0, le=5.0, description="0 means greedy")
     top_k: int = Field(50, ge=1, description="sample among the k most likely codes")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
-    seed: int | None = Field(None, description="seed for reproducible sampling")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed for reproducible sampling (0 .. 2**64-1)")
     max_silent_frames: int = Field(40, ge=1, description="stop after this many silent frames in a row")
     trim_context: bool = Field(True, description="drop the oldest context to fit the 2048-position budget")
 
@@ -109,7 +138,7 @@ class VoiceSettings(_Model):
 
     audio: Path | None = Field(None, description="reference clip of the voice (WAV/FLAC, any rate)")
     text: str | None = Field(None, description="transcript of the reference clip")
-    speaker: int | None = Field(None, ge=0, description="speaker id of the clip; default: `speaker`")
+    speaker: int | None = Field(None, ge=0, le=MAX_SPEAKER_ID, description="speaker id of the clip; default: `speaker`")
 
     @model_validator(mode="after")
     def _audio_with_text(self) -> "VoiceSettings":
@@ -135,6 +164,30 @@ PRECISION_COMPONENTS: dict[str, str] = {
 }
 
 
+# The keys of ``weight_quantization``: the CSM transformer parts whose linear layers may hold quantized weights.
+WEIGHT_QUANTIZED_PARTS: dict[str, str] = {
+    "csm": "both CSM transformer parts, unless those are named themselves",
+    "backbone": "the linear layers of the CSM backbone's transformer layers",
+    "decoder": "the linear layers of the CSM depth decoder's transformer layers",
+}
+
+
+class WeightQuantization(_Model):
+    """Weight-only quantization of a CSM part's transformer linear layers (``[weight_quantization.<part>]``):
+    ``bits`` per weight, one scale per ``block_size`` weights along the input dimension. Embeddings,
+    heads, norms and Mimi are never quantized; the backends carry it out (docs/optimizers.md)."""
+
+    bits: Literal[4, 8] = Field(description="bits per stored weight: 8 or 4")
+    block_size: int = Field(128, description="weights per scale along the input dimension: a power of two, 16..256")
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if not 16 <= value <= 256 or value & (value - 1):
+            raise ValueError("must be a power of two from 16 to 256 (16, 32, 64, 128, 256)")
+        return value
+
+
 class Settings(_Model):
     """Everything a pipeline needs to know before it loads anything."""
 
@@ -144,8 +197,13 @@ class Settings(_Model):
     allow_fallback: bool = Field(False, description="continue on CPU when CUDA fails, and report it")
     precision: Precision = "fp32"
     component_precision: dict[str, Precision] = Field(default_factory=dict)
-    speaker: int = Field(0, ge=0, description="speaker id of the reply voice")
-    user_speaker: int = Field(1, ge=0, description="speaker id given to the user's turns in the context")
+    weight_quantization: dict[str, WeightQuantization] = Field(
+        default_factory=dict, description="quantized weights of the CSM parts' linear layers, by part (csm, backbone, decoder)"
+    )
+    speaker: int = Field(0, ge=0, le=MAX_SPEAKER_ID, description="speaker id of the reply voice")
+    user_speaker: int = Field(
+        1, ge=0, le=MAX_SPEAKER_ID, description="speaker id given to the user's turns in the context"
+    )
     models: ModelSources = Field(default_factory=ModelSources)
     stages: StageSelection = Field(default_factory=StageSelection)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
@@ -166,7 +224,7 @@ class Settings(_Model):
         value = value.strip().lower()
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
-        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
 
     @field_validator("backends")
     @classmethod
@@ -187,6 +245,14 @@ class Settings(_Model):
             )
         return value
 
+    @field_validator("weight_quantization")
+    @classmethod
+    def _quantized_parts(cls, value: dict) -> dict:
+        unknown = sorted(set(value) - set(WEIGHT_QUANTIZED_PARTS))
+        if unknown:
+            raise ValueError(f"unknown part {unknown[0]!r}: choose one of {', '.join(WEIGHT_QUANTIZED_PARTS)}")
+        return value
+
     @field_validator("optimizers")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
@@ -199,6 +265,11 @@ class Settings(_Model):
     def _one_model_source(self) -> "Settings":
         if self.models.preset and self.models.model_path:
             raise ValueError("models.preset and models.model_path are both set: choose one")
+        if self.models.preset and self.models.model_flavor:
+            raise ValueError(
+                "models.model_flavor (--model-flavor) names a checkpoint's layout, but models.preset "
+                "(--preset) builds random weights in memory, which have none: drop one of them"
+            )
         return self
 
     def precision_of(self, component: str) -> str:
@@ -216,6 +287,14 @@ class Settings(_Model):
             return table.get("codec", "fp32")
         return table.get(component, self.precision)
 
+    def weight_quantization_of(self, part: str) -> "WeightQuantization | None":
+        """How the linear weights of CSM ``part`` (``backbone``/``decoder``) are stored: its own entry of
+        ``weight_quantization``, else the ``csm`` entry; None: unquantized (the part's precision)."""
+        if part not in ("backbone", "decoder"):
+            raise ValueError(f"weight_quantization_of: unknown part {part!r}; choose backbone or decoder")
+        table = self.weight_quantization
+        return table.get(part, table.get("csm"))
+
     def backend_for(self, stage: str) -> str:
         return self.backends.get(stage, self.backend)
 
@@ -226,11 +305,19 @@ class Settings(_Model):
         return Path(base) / "csm-multi"
 
 
-def _deep_merge(base: dict, update: Mapping) -> dict:
+def _deep_merge(base: dict, update: Mapping, source: str = "", where: str = "") -> dict:
+    """``base`` with ``update`` laid over it, table by table. A value of ``base`` where ``update`` has a
+    table is an error (``generation = 5`` in the file, ``--top-k`` on the command line): it would
+    otherwise vanish without a word."""
     merged = dict(base)
     for key, value in update.items():
+        dotted = f"{where}{key}"
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = _deep_merge(merged[key], value, source, dotted + ".")
+        elif isinstance(value, Mapping) and key in merged:
+            raise ConfigError(
+                f"invalid configuration ({source}): {dotted}: must be a table of settings (got {_shown(merged[key])})"
+            )
         else:
             merged[key] = value
     return merged
@@ -243,40 +330,116 @@ def _set_dotted(target: dict, dotted: str, value: Any) -> None:
     target[leaf] = value
 
 
+_warned_env: set[str] = set()
+
+
+def _meant_variable(key: str, top: str) -> str | None:
+    """The variable an unknown ``key`` (first part ``top``) looks like a misspelling of, or None."""
+    fields = list(Settings.model_fields)
+    defaults = Settings()
+    tables = [name for name in fields if isinstance(getattr(defaults, name), (BaseModel, dict))]
+    for name in tables:
+        if top.startswith(name + "_"):  # CSM_GENERATION_TOP_K: one underscore where two belong
+            prefix = ENV_PREFIX + name.upper()
+            return prefix + "__" + key[len(prefix) + 1:]
+    close = difflib.get_close_matches(top, fields, n=1, cutoff=0.85)
+    return ENV_PREFIX + close[0].upper() if close else None
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict:
-    """``CSM_A__B=value`` -> ``{"a": {"b": value}}``; JSON values (lists, numbers) are parsed."""
-    overrides: dict = {}
-    reserved = {"CSM_LOAD_PLUGINS", "CSM_TRACE_HOOKS"}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in reserved or key.startswith(BENCH_ENV_PREFIX):
+    """``CSM_A__B=value`` -> ``{"a": {"b": value}}``; JSON values (lists, numbers) are parsed.
+
+    A variable whose first part is no setting is ignored (logged at INFO), or is a :class:`ConfigError`
+    when it looks like a misspelt one; so is one that sets a table and a key inside it at once
+    (``CSM_GENERATION`` beside ``CSM_GENERATION__TOP_K``).
+    """
+    chosen: dict[str, tuple[str, Any]] = {}  # dotted name -> (variable, value)
+    for key, raw in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX) or key in RESERVED_ENV or key.startswith(BENCH_ENV_PREFIX):
+            continue
+        dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
+        top = dotted.split(".")[0]
+        if top not in Settings.model_fields:
+            meant = _meant_variable(key, top)
+            if meant is not None:
+                raise ConfigError(
+                    f"environment variable {key} names no setting: did you mean {meant}? "
+                    "(nested settings are joined by two underscores; see docs/config.md)"
+                )
+            if key not in _warned_env:
+                _warned_env.add(key)
+                log.info("ignoring environment variable %s: it names no setting (see docs/config.md)", key)
             continue
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
-        _set_dotted(overrides, key[len(ENV_PREFIX):].lower().replace("__", "."), value)
+        chosen[dotted] = (key, value)
+    for dotted, (key, _) in chosen.items():
+        for other, (other_key, _) in chosen.items():
+            if other.startswith(dotted + "."):
+                raise ConfigError(
+                    f"environment variables {key} and {other_key} both set {dotted!r}: unset one of them"
+                )
+    overrides: dict = {}
+    for dotted, (_, value) in chosen.items():
+        _set_dotted(overrides, dotted, value)
     return overrides
 
 
 def read_toml(path: Path) -> dict:
+    """The TOML file at ``path`` as a dict; a :class:`ConfigError` that says what is wrong with it
+    (missing, a folder, not a regular file, unreadable, larger than :data:`MAX_CONFIG_BYTES`, not
+    UTF-8, not TOML)."""
     path = Path(path)
+    name = repr(str(path))
+    if not path.exists():
+        raise ConfigError(f"config file {name} does not exist: check the path given to --config")
+    if path.is_dir():
+        raise ConfigError(f"config file {name} is a folder, not a file: give the path of the TOML file")
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {name} is not a regular file (a device or a pipe): give a TOML file")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {name} is {size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes: "
+                "is it the right file?"
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {name} cannot be read ({exc.strerror or exc}): check its permissions") from None
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark, as some editors save
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {name} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+            "save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {name} is not valid TOML: {exc}") from None
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+    """One line: ``invalid configuration (<source>): <field>: <reason> (got <value>); <field>: ...``."""
+    problems = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        field = ".".join(str(part) for part in item["loc"])
         reason = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             reason = "unknown setting (check the spelling; see docs/config.md)"
-        lines.append(f"  {field}: {reason} (got {item.get('input')!r})")
-    return "\n".join(lines)
+        elif item["type"] == "finite_number":
+            reason = "must be a finite number"
+        # a check of the whole config names its fields in the reason, and has no one value to show
+        problems.append(f"{field}: {reason} (got {_shown(item.get('input'))})" if item["loc"] else reason)
+    return f"invalid configuration ({source}): " + "; ".join(problems)
 
 
 def plugin_options(settings: Settings, name: str, model: type[BaseModel]) -> BaseModel:
@@ -316,16 +479,24 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     data: dict = read_toml(Path(config_path)) if config_path else {}
-    data = _deep_merge(data, env_overrides(environ))
+    data = _deep_merge(data, env_overrides(environ), f"file {config_path}")
     cli: dict = {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(cli, dotted, value)
-    data = _deep_merge(data, cli)
+    data = _deep_merge(data, cli, f"file {config_path}, environment" if config_path else "environment")
     sources = ", ".join(
         s for s in (f"file {config_path}" if config_path else "", "environment", "flags") if s
     )
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, sources)) from None
+    if settings.cache_dir is not None:
+        from csm_core.output_paths import check_output_folder
+
+        try:
+            check_output_folder(settings.cache_dir, "cache_dir")
+        except CsmError as exc:
+            raise ConfigError(f"invalid configuration ({sources}): {exc}") from None
+    return settings

@@ -4,8 +4,10 @@ saved to / loaded from a JSON state file.
 The file (format ``csm-multi-conversation``, version :data:`FORMAT_VERSION`) holds each segment's
 speaker, text and Mimi codes [K, F]; the voice profile as a reference (clip path, sha256 of its bytes,
 transcript, speaker id), never the audio; and how many turns were taken. Saving is atomic (an
-interrupted save leaves the previous file intact); a file of another version, or a malformed one,
-raises :class:`csm_core.errors.CsmError` saying which file and what is wrong.
+interrupted save leaves the previous file intact). Loading checks every value
+(:mod:`csm_core.conversation_schema`): a file of another version, or a malformed one, raises
+:class:`csm_core.errors.CsmError` naming the file, the field path (``segments[2].speaker``) and the
+value. Saving refuses a segment whose text is not a string, so null never comes back as "None".
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csm_core.conversation_schema import check_codes_fit, parse_state
 from csm_core.errors import CsmError
 from csm_core.files import write_atomic
 from csm_core.stages import Segment
@@ -47,11 +50,17 @@ class Conversation:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically: an interrupted save never leaves a half-written file behind."""
-        return write_atomic(path, json.dumps(self.to_dict()))
+        """Write atomically: an interrupted save never leaves a half-written file behind. What is written
+        is checked by the rules of :meth:`load` first, so a file this writes always loads again."""
+        payload = self.to_dict()
+        parse_state(payload, f"conversation to save in {str(path)!r}", FORMAT, FORMAT_VERSION,
+                    fix="a stage made a segment this format cannot hold: report it (nothing was written)")
+        return write_atomic(path, json.dumps(payload))
 
     @classmethod
     def load(cls, path: str | Path) -> "Conversation":
+        """The conversation in the state file ``path``; every value is checked (see
+        :mod:`csm_core.conversation_schema`), and CsmError names the file, the field and the value."""
         path = Path(path)
         where = f"conversation file {str(path)!r}"
         try:
@@ -62,45 +71,23 @@ class Conversation:
             raise CsmError(f"{where} cannot be read: {exc}") from None
         except ValueError as exc:
             raise CsmError(f"{where} is not valid JSON ({exc}): delete it to start a new conversation") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CsmError(f"{str(path)!r} is not a csm-multi conversation file (no \"format\": {FORMAT!r})")
-        if payload.get("version") == 1:  # segments only: no voice, turns counted from the segments
-            segments = payload.get("segments")
-            turns = len(segments) // 2 if isinstance(segments, list) else 0
-            payload = {**payload, "version": FORMAT_VERSION, "voice": None, "turns": turns}
-        if payload.get("version") != FORMAT_VERSION:
-            raise CsmError(
-                f"{where} has version {payload.get('version')!r}; this csm-multi reads version "
-                f"{FORMAT_VERSION}: use the csm-multi that wrote it, or start a new conversation"
-            )
+        except RecursionError:
+            raise CsmError(f"{where} is nested too deeply to be a conversation file: delete it to start a new one") from None
         return cls.from_dict(payload, where)
 
     @classmethod
     def from_dict(cls, payload: dict, where: str = "conversation") -> "Conversation":
-        """The conversation of a state ``payload``; CsmError naming ``where`` and the bad field."""
-        turns = payload.get("turns")
-        if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
-            raise CsmError(f"{where} has turns={turns!r}: must be an integer >= 0")
-        voice = payload.get("voice")
-        try:
-            voice = None if voice is None else VoiceReference.from_dict(voice)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CsmError(f"{where} has a malformed voice reference: {exc}") from None
-        items = payload.get("segments")
-        if not isinstance(items, list):
-            raise CsmError(f"{where} has no list of segments (got {type(items).__name__})")
-        segments = []
-        for index, item in enumerate(items):
-            try:
-                segment = Segment.from_dict(item)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise CsmError(f"{where} has a malformed segment {index}: {exc!r}") from None
-            if segment.codes is not None and (segment.codes.ndim != 2 or segment.codes.size == 0):
-                raise CsmError(
-                    f"{where} segment {index} has codes of shape {segment.codes.shape}: must be [K, F] with F >= 1"
-                )
-            segments.append(segment)
-        return cls(segments, voice, turns)
+        """The conversation of a state ``payload`` (version 2, or 1: segments only, no voice, the turns
+        counted from them); CsmError naming ``where``, the field path and the value otherwise."""
+        state = parse_state(payload, where, FORMAT, FORMAT_VERSION)
+        voice = None if state.voice is None else VoiceReference.from_dict(state.voice)
+        segments = [Segment(item.speaker, item.text, item.codes) for item in state.segments]
+        return cls(segments, voice, state.turns)
+
+    def check_codes_fit(self, num_codebooks: int, codebook_size: int, where: str = "conversation") -> None:
+        """CsmError unless every segment's codes are [num_codebooks, F] with codes below
+        ``codebook_size``: check it once the codec is known, before speaking after this conversation."""
+        check_codes_fit(self.segments, num_codebooks, codebook_size, where)
 
     def same_codes(self, other: "Conversation") -> bool:
         """True when both hold the same segments (speaker, text and codes)."""

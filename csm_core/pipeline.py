@@ -46,6 +46,7 @@ from csm_core.plugins import Plugins
 from csm_core.records import StageContext
 from csm_core.registry import Registry
 from csm_core.stages import Reply, ReplyRequest, Segment, SpeechParams, SpeechRequest
+from csm_core.user_text import check_text
 
 log = logging.getLogger("csm.pipeline")
 
@@ -332,7 +333,11 @@ class Pipeline:
 
     def speak(self, text: str, on_audio: OnAudio | None = None, emotion: str | None = None,
               context: tuple[Segment, ...] | None = None) -> Turn:
-        """Text to speech with the configured voice; ``on_audio`` receives each chunk as it is made."""
+        """Text to speech with the configured voice; ``on_audio`` receives each chunk as it is made.
+
+        ``text`` is checked first (:func:`csm_core.user_text.check_text`: not empty, UTF-8, no control
+        characters, at most ``MAX_TEXT_CHARS``)."""
+        check_text(text, "the text to speak")
         self.require("tts", *self._profile_stages())
         turn = Turn(reply=Reply(text=text, emotion=emotion or "neutral"))
         self._flush_events(turn)
@@ -344,10 +349,13 @@ class Pipeline:
              on_audio: OnAudio | None = None) -> Turn:
         """One conversation turn: the user's ``audio`` (or ``text``) in, the spoken reply out.
 
-        Both the user's turn and the reply are added to the conversation.
+        Both the user's turn and the reply are added to the conversation. ``text`` is checked first,
+        as :meth:`speak` checks its text.
         """
         if (audio is None) == (text is None):
             raise CsmError("a turn takes either audio or text, not both and not neither")
+        if text is not None:
+            check_text(text, "the user's text")
         self.require(*(AUDIO_STAGES if audio is not None else TEXT_STAGES), *self._profile_stages())
         turn = Turn(transcript=text)
         self._flush_events(turn)

@@ -2,6 +2,11 @@
 
 The command function :func:`bench` is written for typer; ``csm_core.cli`` registers it (and
 ``python -m csm_core.bench`` runs it alone). Nothing heavy is imported until it runs.
+
+Bad input (the matrix strings, numbers, ``--text``, ``--device``, ``--config``, an ``--out`` that is a
+file or cannot be created or written) exits with status 2 before torch is imported. The three reports
+are written together at the end, each to a temporary file first and then renamed over its name, so a
+run that fails or is interrupted (status 130) leaves the files in ``--out`` as they were.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ def bench(
     frames: Annotated[int, typer.Option("--frames", help="Frames generated per run (80 ms each).")] = 24,
     repeats: Annotated[int, typer.Option("--repeats", help="Measured runs per cell (the median is reported).")] = 3,
     warmup: Annotated[int, typer.Option("--warmup", help="Unmeasured runs per cell before the measured ones.")] = 1,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for bench.json, bench.md and bench.png.")]
-    = Path("bench-results"),
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for bench.json, bench.md and bench.png.")]
+    = "bench-results",
     bandwidth_gbs: Annotated[Optional[float], typer.Option("--bandwidth-gbs", help="Memory bandwidth in GB/s for "
                                                            "the physical floor; measured when left out.")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="The sentence every cell speaks.")] = None,
@@ -54,6 +59,10 @@ def bench(
     except CsmError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: nothing written ({out} left as it was; the reports are written when every "
+                    "cell has run)", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     for path in paths:
         typer.echo(f"wrote {path}")
     if failed:
@@ -62,7 +71,8 @@ def bench(
         raise typer.Exit(1)
 
 
-def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repeats: int, warmup: int, out: Path,
+def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repeats: int, warmup: int,
+              out: str | Path,
               bandwidth_gbs: float | None = None, text: str | None = None, threads: int | None = None,
               device: str | None = None, config: Path | None = None,
               utterances: int = 1) -> tuple[list[Path], int]:
@@ -72,26 +82,27 @@ def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repe
 
     from csm_core.bench.matrix import parse_matrix, split_names
     from csm_core.bench.session import DEFAULT_TEXT, RunOptions, cell_settings
+    from csm_core.output_paths import check_output_folder
+    from csm_core.user_text import check_text
 
+    if text is not None:
+        check_text(text, "--text")
     options = RunOptions(frames=frames, repeats=repeats, warmup=warmup, text=DEFAULT_TEXT if text is None else text,
                          threads=threads, device=device, config=config, bandwidth_gbs=bandwidth_gbs,
                          utterances=utterances)
-    # Syntax, --device and --config first: they fail in a moment, before torch is imported.
+    # Syntax, --device, --config and --out first: they fail in a moment, before torch is imported.
     cells = parse_matrix(backends, optimizers, presets, known_presets=split_names(presets, "--presets"))
     cell_settings(cells[0], options)
+    out = check_output_folder(out, "--out")
     from csm_pytorch.presets import PRESETS  # imports torch
 
     cells = parse_matrix(backends, optimizers, presets, PRESETS)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CsmError(f"--out {str(out)!r} is a file: give a directory for bench.json, bench.md and bench.png")
-    out.mkdir(parents=True, exist_ok=True)
 
     from csm_core.bench.machine import machine_info
     from csm_core.bench.plot import plot
     from csm_core.bench.report import build_document, markdown, write_json
     from csm_core.bench.runner import run_matrix
-    from csm_core.files import write_atomic
+    from csm_core.files import replace_together
 
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -113,7 +124,28 @@ def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repe
            "matrix": {"backends": backends, "optimizers": optimizers, "presets": presets}}
     document = build_document(results, run, machine_info())
     paths = [out / "bench.json", out / "bench.md", out / "bench.png"]
-    write_json(document, paths[0])
-    write_atomic(paths[1], (markdown(document) + "\n").encode("utf-8"))
-    plot(document, paths[2])
+    created = _make_folder(out)
+    try:
+        with replace_together(*paths) as temporaries:
+            write_json(document, temporaries[0])
+            temporaries[1].write_bytes((markdown(document) + "\n").encode("utf-8"))
+            plot(document, temporaries[2])
+    except BaseException:
+        for folder in created:  # the folders this run made, deepest first, while they are empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return paths, sum(result.status == "error" for result in results)
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the folders created, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir()
+    return missing

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SamplingParams", "sample", "filter_logits"]
+from csm_core.errors import CsmError
+
+__all__ = ["SamplingError", "SamplingParams", "sample", "filter_logits"]
+
+
+class SamplingError(CsmError, ValueError):
+    """Sampling parameters that cannot be used; the message names the parameter, the value and the limit."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,8 @@ class SamplingParams:
 
     ``code_limit`` restricts every choice to codes below it: CSM's heads score 2051 codes, but Mimi
     decodes only 2048, and untrained (random-weight) models do pick the others. None: no limit.
+
+    Invalid values raise :class:`SamplingError` (a :class:`ValueError`).
     """
 
     temperature: float = 0.9
@@ -36,16 +44,16 @@ class SamplingParams:
     def __post_init__(self) -> None:
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"SamplingParams.temperature={t!r}: must be a finite number >= 0 (0 means greedy)")
+            raise SamplingError(f"SamplingParams.temperature={t!r}: must be a finite number >= 0 (0 means greedy)")
         k = self.top_k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"SamplingParams.top_k={k!r}: must be an integer >= 1, or None for no limit")
+            raise SamplingError(f"SamplingParams.top_k={k!r}: must be an integer >= 1, or None for no limit")
         p = self.top_p
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
-            raise ValueError(f"SamplingParams.top_p={p!r}: must be in (0, 1], or None for no limit")
+            raise SamplingError(f"SamplingParams.top_p={p!r}: must be in (0, 1], or None for no limit")
         c = self.code_limit
         if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
-            raise ValueError(f"SamplingParams.code_limit={c!r}: must be an integer >= 1, or None for no limit")
+            raise SamplingError(f"SamplingParams.code_limit={c!r}: must be an integer >= 1, or None for no limit")
 
     @property
     def greedy(self) -> bool:
@@ -53,8 +61,14 @@ class SamplingParams:
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Float32 scores [B,V]: ``logits / temperature`` with codes outside top-k / top-p set to ``-inf``."""
-    scores = logits.float() / params.temperature
+    """Float32 scores [B,V]: ``logits / temperature`` with codes outside top-k / top-p set to ``-inf``.
+
+    The scores are shifted so that each row's best code scores 0 (softmax does not change): dividing by
+    a tiny temperature (1e-45) then gives ``-inf`` for the others, never ``inf`` or NaN. The best code
+    always stays, whatever ``top_p`` (a ``top_p`` below float32's resolution keeps it alone).
+    """
+    scores = logits.float()
+    scores = (scores - scores.amax(dim=-1, keepdim=True)) / params.temperature
     if params.top_k is not None and params.top_k < scores.shape[-1]:
         kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -63,15 +77,29 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         probs = sorted_scores.softmax(dim=-1)
         # Drop a code when the codes ranked above it already reach top_p (the best code always stays).
         drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
+        drop[..., 0] = False
         sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
         scores = torch.empty_like(scores).scatter_(-1, order, sorted_scores)
     return scores
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Codes [B] int64 drawn from ``logits`` [B,V] under ``params`` (argmax when ``params.greedy``)."""
+    """Codes [B] int64 drawn from ``logits`` [B,V] under ``params`` (argmax when ``params.greedy``).
+
+    With a ``code_limit`` (a real model's sampling: the stage knows what its codec decodes), a
+    ``top_k`` above the V codes the model scores raises :class:`SamplingError` naming ``--top-k``: the
+    vocabulary is known only once the model is loaded, and this is where the two meet, before the first
+    code of the first frame. Without one, a ``top_k`` of V or more means no limit. Greedy ignores top-k.
+    """
     if logits.ndim != 2:
         raise ValueError(f"sample: logits must be [B,V], got shape {tuple(logits.shape)}")
+    vocabulary = logits.shape[-1]
+    k = params.top_k
+    if params.code_limit is not None and k is not None and k > vocabulary and not params.greedy:
+        raise SamplingError(
+            f"top-k {k} is larger than the model's audio vocabulary of {vocabulary} codes: set --top-k "
+            f"(generation.top_k, or the emotion map's top_k) to at most {vocabulary}"
+        )
     if params.code_limit is not None:
         logits = logits[:, : params.code_limit]
     if params.greedy:

@@ -270,7 +270,9 @@ def extract_prosody(
     block_ms = np.mean(padded[: n_blocks * block].reshape(n_blocks, block) ** 2, axis=1)
     frame_ms = block_ms.reshape(n_frames, per_frame).mean(axis=1)
     frame_db = level_db(frame_ms)
-    rms_dbfs = float(level_db(np.mean(x * x)))
+    # A clip of a few samples can resample to none (1 sample at 48 kHz -> 0 at 16 kHz): its level
+    # is then the input's own.
+    rms_dbfs = float(level_db(np.mean(x * x) if x.size else np.mean(np.square(x_in, dtype=np.float64))))
 
     loud_end = float(np.percentile(frame_db, 95))
     speech = frame_db > max(loud_end - s.speech_range_db, s.silence_floor_dbfs)
@@ -291,9 +293,12 @@ def extract_prosody(
     pause_total_s = sum(b - a for a, b in pauses) * FRAME_S
     speaking_time_s = span_s - pause_total_s
 
-    # Syllable nuclei on the 10 ms envelope, smoothed with a 50 ms Hann window.
+    # Syllable nuclei on the 10 ms envelope, smoothed with a 50 ms Hann window. The full convolution
+    # is cut to the envelope's own length, centred ("same" mode would return the kernel's length,
+    # not the envelope's, for clips shorter than the kernel: under 50 ms).
     kernel = np.hanning(7)[1:-1]
-    smooth_ms = np.convolve(block_ms, kernel / kernel.sum(), mode="same")
+    half = (kernel.size - 1) // 2
+    smooth_ms = np.convolve(block_ms, kernel / kernel.sum())[half : half + block_ms.size]
     nuclei = syllable_nuclei(level_db(smooth_ms), np.repeat(speaking, per_frame), s.syllable_dip_db)
 
     # Pitch on (a sample of) the speech frames.

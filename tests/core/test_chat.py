@@ -104,3 +104,82 @@ def test_bad_state_file_and_arguments_are_errors_before_anything_runs(tmp_path, 
         chat_turn(state, settings(cache), plugins=Plugins())
     with pytest.raises(CsmError, match="does not exist"):
         chat_turn(tmp_path / "missing" / "chat.json", settings(cache), text="hi", plugins=Plugins())
+
+
+def chunk_hook(action):
+    """An ``on_audio`` that runs ``action`` once, when the first chunk of the reply arrives: a real change
+    to the disk while the turn runs, so the write that follows really fails."""
+    done = []
+
+    def on_audio(samples):
+        if not done:
+            done.append(action())
+
+    return on_audio
+
+
+@pytest.mark.slow  # one turn through the tiny LLM and CSM
+def test_reply_audio_is_written_before_the_state_and_a_failed_audio_write_keeps_the_state(tmp_path, cache):
+    state = tmp_path / "chat.json"
+    Conversation(turns=0).save(state)
+    before = state.read_bytes()
+    folder = tmp_path / "replies"
+    folder.mkdir()
+    output = folder / "reply.wav"
+    with pytest.raises(CsmError, match=r"cannot write .*reply.wav'.*does not exist"):
+        chat_turn(state, settings(cache), text="Hello there.", output=output, plugins=plugins(),
+                  on_audio=chunk_hook(folder.rmdir))
+    assert state.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["chat.json"]
+
+
+@pytest.mark.slow  # one turn through the tiny LLM and CSM
+def test_a_failed_state_write_puts_the_reply_audio_back(tmp_path, cache, write_wav):
+    state = tmp_path / "chat.json"
+    output = write_wav("reply.wav", tone(300.0, 0.2, 24000), 24000)
+    before = output.read_bytes()
+    with pytest.raises(CsmError, match=r"cannot write the chat state file .*chat.json'.*reply.wav' was put back as it was"):
+        chat_turn(state, settings(cache), text="Hello there.", output=output, plugins=plugins(),
+                  on_audio=chunk_hook(state.mkdir))  # a folder where the state file goes
+    assert output.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["chat.json", "reply.wav"] and state.is_dir() and not os.listdir(state)
+    # and with no audio file before the turn, none is left behind
+    output.unlink()
+    state.rmdir()
+    with pytest.raises(CsmError, match="cannot write the chat state file"):
+        chat_turn(state, settings(cache), text="Hello there.", output=output, plugins=plugins(),
+                  on_audio=chunk_hook(state.mkdir))
+    assert sorted(os.listdir(tmp_path)) == ["chat.json"]
+
+
+@pytest.mark.slow  # loads the tiny LLM and CSM, generates nothing
+@pytest.mark.parametrize(("codes", "message"), [
+    ([[5000, 1]] * 32, r"segments\[1\].codes\[0\]\[0\] = 5000: a code must be below the codec's codebook size 2048"),
+    ([[1, 2]] * 4, r"segments\[1\].codes has 4 codebooks, but this model's codec has 32"),
+])
+def test_codes_the_codec_cannot_hold_are_refused_once_the_model_is_known(tmp_path, cache, codes, message):
+    state = tmp_path / "chat.json"
+    state.write_text(json.dumps({
+        "format": "csm-multi-conversation", "version": 2, "turns": 1, "voice": None,
+        "segments": [{"speaker": 1, "text": "hi", "codes": None}, {"speaker": 0, "text": "hello", "codes": codes}],
+    }))
+    before = state.read_bytes()
+    spoken = []
+    with pytest.raises(CsmError, match=rf"conversation file '{tmp_path}/chat.json': {message}"):
+        chat_turn(state, settings(cache), text="And now?", output=tmp_path / "reply.wav", plugins=plugins(),
+                  on_audio=spoken.append)
+    assert spoken == [] and state.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["chat.json"]
+
+
+def test_outputs_are_checked_before_anything_loads(tmp_path, cache, write_wav):
+    state = tmp_path / "chat.json"
+    with pytest.raises(CsmError, match=r"cannot write the reply to .*: directory .*missing' does not exist"):
+        chat_turn(state, settings(cache), text="hi", output=tmp_path / "missing" / "r.wav", plugins=Plugins())
+    with pytest.raises(CsmError, match=r"it is a directory; give a file name such as reply.wav"):
+        chat_turn(state, settings(cache), text="hi", output=tmp_path, plugins=Plugins())
+    with pytest.raises(CsmError, match=r"would both be written to .*chat.json'"):
+        chat_turn(state, settings(cache), text="hi", output=state, plugins=Plugins())
+    # the voice clip's header, configured or remembered by the conversation
+    click = write_wav("click.wav", tone(200.0, 0.01, 16000), 16000)
+    with pytest.raises(CsmError, match=r"voice.audio '.*click.wav' is too short: 0.01 s"):
+        chat_turn(state, settings(cache, voice={"audio": str(click), "text": "Hi."}), text="hi", plugins=Plugins())
+    assert sorted(os.listdir(tmp_path)) == ["click.wav"]

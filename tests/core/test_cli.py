@@ -110,3 +110,13 @@ def test_unusable_backend_says_what_is_missing_and_what_is_usable(tmp_path):
     assert result.returncode == 2
     assert "the tensorrt package is not installed" in result.stderr
     assert "Backends usable here: onnxruntime, pytorch" in result.stderr
+
+
+def test_usage_errors_are_one_error_line_and_help_still_works():
+    result = csmctl("say", "hi", "--seed", "abc")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: Invalid value for '--seed': Input should be a valid integer, unable to parse string as an integer "
+        "(see `csmctl say --help`)"]
+    help_text = csmctl("say", "--help")
+    assert help_text.returncode == 0 and "--output" in help_text.stdout and not help_text.stderr

@@ -138,6 +138,25 @@ def test_50ms_input_is_analysed(tone):
     assert p.f0_median_hz == pytest.approx(200.0, rel=0.01)
 
 
+@pytest.mark.parametrize("rate", [8_000, 16_000, 24_000, 44_100, 48_000, 96_000])
+@pytest.mark.parametrize("seconds", [0.0, 0.001, 0.01, 0.03, 0.045, 0.049])
+@pytest.mark.parametrize("fraction", [1.0, 1 / 16])
+def test_clips_shorter_than_the_smoothing_window_are_analysed(tone, rate, seconds, fraction):
+    """Under 50 ms (the envelope's smoothing window) the envelope has fewer blocks than the window has
+    taps: a 10 ms clip used to end in an IndexError. Down to one sample, which can resample to none."""
+    pcm = tone(200.0, seconds, rate) if seconds else np.array([0.25], np.float32)
+    p = extract_prosody(pcm, rate, sample_fraction=fraction)
+    assert p.duration_s == pcm.size / rate
+    assert p.frames_total == max(1, math.ceil(pcm.size * 16_000 / rate / 320 - 1e-6))
+    assert math.isfinite(p.rms_dbfs) and p.rms_dbfs > LEVEL_FLOOR_DBFS
+    assert 0.0 <= p.voiced_ratio <= 1.0 and p.syllable_count >= 0
+
+
+def test_a_10ms_clip_level_matches_a_longer_one(tone):
+    short, long = (extract_prosody(tone(200.0, s, 24_000), 24_000) for s in (0.01, 1.0))
+    assert short.rms_dbfs == pytest.approx(long.rms_dbfs, abs=1.0)  # a sine peaking at 0.5: about -9 dBFS
+
+
 @pytest.mark.parametrize(
     ("pcm", "rate", "error", "match"),
     [
