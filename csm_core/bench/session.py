@@ -181,10 +181,18 @@ class CellSession:
 
     @property
     def precision(self) -> dict[str, str]:
-        """The CSM's precision plan: ``{"backbone", "decoder", "heads"}`` (heads and embeddings stay fp32)."""
+        """The CSM's precision plan: ``{"backbone", "decoder", "heads"}`` (heads and embeddings stay fp32); a
+        weight-quantized part is named by its weight format (``int4-g128``, :func:`~csm_core.bench.floor.weight_format`)."""
+        from csm_core.bench.floor import weight_format
+
         settings = self.settings
-        return {"backbone": settings.precision_of("backbone"), "decoder": settings.precision_of("decoder"),
+        plan = {"backbone": settings.precision_of("backbone"), "decoder": settings.precision_of("decoder"),
                 "heads": "fp32"}
+        for part in ("backbone", "decoder"):
+            quantization = settings.weight_quantization_of(part)
+            if quantization is not None:
+                plan[part] = weight_format(quantization.bits, quantization.block_size)
+        return plan
 
     def speak(self):
         """One utterance of the benchmark text, without conversation context -> :class:`Turn`."""

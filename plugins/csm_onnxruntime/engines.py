@@ -72,7 +72,7 @@ def _typed_export(export, plan: PrecisionPlan):
 
     def build(path: Path) -> None:
         export(path)
-        if plan.dtype != "fp32":
+        if plan.changes_graph:  # a reduced dtype or quantized weights (weight_quantization)
             import onnx
 
             typed = convert_graph(onnx.load_model(str(path)), plan)

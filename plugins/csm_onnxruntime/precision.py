@@ -13,6 +13,12 @@ produces a graph output named in ``fp32_outputs`` (the logits). KV-cache inputs/
 graph inputs and outputs (``inputs_embeds``, ``hidden_states``, ``logits``) keep their float32 types.
 
 :func:`plan_for` reads the plan of a component from the config (:meth:`csm_core.config.Settings.precision_of`).
+
+Weight-only quantization (``PrecisionPlan.weights``, from ``Settings.weight_quantization``): the
+transformer linear layers of a float32 graph become ONNX Runtime ``MatMulNBits`` nodes (8 or 4 bits,
+:mod:`csm_onnxruntime.quantization`), applied by :func:`convert_graph` after the dtype pass. It is
+part of :meth:`PrecisionPlan.as_dict` and so of the cache key; with a reduced ``dtype`` it is an error
+(the quantized layers compute in float32 activations).
 This module lives in the ONNX Runtime plugin so that both ONNX backends use it without ONNX Runtime
 depending on TensorRT; :mod:`csm_tensorrt.precision` re-exports it.
 """
@@ -20,6 +26,8 @@ depending on TensorRT; :mod:`csm_tensorrt.precision` re-exports it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from csm_onnxruntime.quantization import WeightPlan, quantize_graph, weight_plan_for
 
 FLOAT_TYPES = ("fp32", "fp16", "bf16")
 
@@ -69,10 +77,22 @@ class PrecisionPlan:
     fp32_ops: frozenset[str] = DEFAULT_FP32_OPS
     fp32_outputs: tuple[str, ...] = ("logits",)
     low_io_prefixes: tuple[str, ...] = DEFAULT_LOW_IO_PREFIXES
+    weights: WeightPlan | None = None  # weight-only quantization of the transformer linear layers
 
     def __post_init__(self) -> None:
         if self.dtype not in FLOAT_TYPES:
             raise ValueError(f"precision must be one of {', '.join(FLOAT_TYPES)}, got {self.dtype!r}")
+        if self.weights is not None and self.dtype != "fp32":
+            raise ValueError(
+                f"weight quantization ({self.weights.bits} bits) runs on a float32 part, but its precision is "
+                f"{self.dtype}: set component_precision for it to fp32, or drop weight_quantization "
+                "(selective-precision and weight-quantization do not combine)"
+            )
+
+    @property
+    def changes_graph(self) -> bool:
+        """Whether :func:`convert_graph` changes anything (a reduced dtype or quantized weights)."""
+        return self.dtype != "fp32" or self.weights is not None
 
     def as_dict(self) -> dict:
         """A JSON-able, order-independent description (part of the engine cache key)."""
@@ -81,6 +101,7 @@ class PrecisionPlan:
             "fp32_ops": sorted(self.fp32_ops),
             "fp32_outputs": sorted(self.fp32_outputs),
             "low_io_prefixes": sorted(self.low_io_prefixes),
+            **({"weights": self.weights.as_dict()} if self.weights is not None else {}),
         }
 
 
@@ -88,7 +109,8 @@ def plan_for(settings, component: str) -> PrecisionPlan:
     """The plan of ``component`` from the config (:meth:`~csm_core.config.Settings.precision_of`).
 
     ``component`` is ``backbone``, ``decoder``, ``codec``, or ``csm`` for one plan covering both CSM
-    transformer parts (an error when the config gives them different precisions).
+    transformer parts (an error when the config gives them different precisions or weight
+    quantizations). The CSM parts carry their ``weight_quantization`` (:class:`WeightPlan`) too.
     """
     if component == "csm":
         backbone, decoder = settings.precision_of("backbone"), settings.precision_of("decoder")
@@ -97,22 +119,33 @@ def plan_for(settings, component: str) -> PrecisionPlan:
                 f"one precision plan for the whole CSM was asked for, but component_precision gives the backbone "
                 f"{backbone} and the decoder {decoder}: give both the same precision (or set component_precision.csm)"
             )
-        return PrecisionPlan(dtype=backbone)
-    return PrecisionPlan(dtype=settings.precision_of(component))
+        weights = weight_plan_for(settings, "backbone")
+        if weights != weight_plan_for(settings, "decoder"):
+            raise ValueError(
+                "one precision plan for the whole CSM was asked for, but weight_quantization differs between the "
+                "backbone and the decoder: give both the same (or set weight_quantization.csm)"
+            )
+        return PrecisionPlan(dtype=backbone, weights=weights)
+    weights = weight_plan_for(settings, component) if component in ("backbone", "decoder") else None
+    return PrecisionPlan(dtype=settings.precision_of(component), weights=weights)
 
 
 def convert_graph(model, plan: PrecisionPlan):
-    """A copy of the ONNX ``model`` typed by ``plan`` (fp32 plans return an unchanged copy).
+    """A copy of the ONNX ``model`` typed by ``plan`` (fp32 plans without weight quantization return an
+    unchanged copy).
 
     Float32 tensors consumed by converted nodes are cast (initializers are converted once, ahead of
     time); reduced-precision tensors consumed by float32 nodes or graph outputs are cast back.
-    Subgraphs (If/Loop/Scan) are left in float32.
+    Subgraphs (If/Loop/Scan) are left in float32. ``plan.weights``: the transformer linear layers
+    become ``MatMulNBits`` nodes (:func:`csm_onnxruntime.quantization.quantize_graph`).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     converted = onnx.ModelProto()
     converted.CopyFrom(model)
+    if plan.weights is not None:  # only on float32 plans (PrecisionPlan checks)
+        return quantize_graph(converted, plan.weights)
     if plan.dtype == "fp32":
         return converted
     low = TensorProto.FLOAT16 if plan.dtype == "fp16" else TensorProto.BFLOAT16

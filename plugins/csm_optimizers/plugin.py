@@ -19,6 +19,8 @@ MODULES: tuple[str, ...] = (
     "profile_cache",
     "progressive_loading",
     "cuda_graphs",
+    "weight_quantization",
+    "pipelined_decoding",
 )
 
 

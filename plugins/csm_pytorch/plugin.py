@@ -25,6 +25,16 @@ class PytorchOptions(BaseModel):
     )
 
 
+class CsmOptions(BaseModel):
+    """``[options.csm]``: how the ``csm`` TTS stage runs its frame loop (on any backend)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipelined_decoding: bool = Field(
+        False, description="generate frame t+1 on a thread while frame t is decoded to audio (identical output)"
+    )
+
+
 def check_torch() -> None:
     missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
     if missing:
@@ -35,6 +45,10 @@ def check_torch() -> None:
 
 def _csm_engines(model, context):
     options = plugin_options(context.settings, "pytorch", PytorchOptions)
+    if context.settings.weight_quantization:  # Settings.weight_quantization: quantized linear layers, in place
+        from csm_pytorch.quantization import apply_weight_quantization
+
+        apply_weight_quantization(model, context.settings, context.log.info)
     if options.cuda_graphs:
         from csm_pytorch.cuda_graphs import cuda_graph_engines
 

@@ -27,7 +27,10 @@ from csm_core.generation.prompt import build_prompt
 from csm_core.generation.sampling import SamplingParams
 from csm_core.records import StageContext
 from csm_core.stages import SpeechChunk, SpeechParams, SpeechRequest
+from csm_core.config import plugin_options
 from csm_pytorch.model import TorchBackbone, TorchCsmEngines, TorchDepthDecoder
+from csm_pytorch.pipelined_decoding import pipelined_chunks
+from csm_pytorch.plugin import CsmOptions
 from csm_pytorch.sources import load_csm_weights, load_mimi_model
 
 
@@ -44,6 +47,7 @@ class CsmSpeaker:
         settings = context.settings
         self.settings = settings
         self.context = context
+        self.options = plugin_options(settings, "csm", CsmOptions)
         self.device = resolve_device(settings.device, settings.allow_fallback, context.report)
         weights = load_csm_weights(settings, self.device, context.report)
         context.log.info("CSM: %s on %s (backend %s)", weights.source, self.device, context.backend.name)
@@ -103,14 +107,21 @@ class CsmSpeaker:
             seed=params.seed,
             silence_guard=SilenceGuard(self.settings.generation.max_silent_frames),
         )
-        for frame in frames:  # [1, K]
+        def decode(frame: torch.Tensor) -> np.ndarray:  # [1, K] -> samples; Mimi's state carries over
+            nonlocal state
             pcm, state = self.codec.decode_step(frame.unsqueeze(-1), state)
-            yield SpeechChunk(
-                samples=pcm[0, 0].float().cpu().numpy(),
-                codes=frame[0].cpu().numpy().astype(np.int64)[:, None],
-            )
-            del pcm
-            self.context.safe_point(self.device)
+            return pcm[0, 0].float().cpu().numpy()
+
+        if self.options.pipelined_decoding:
+            chunks = pipelined_chunks(frames, decode, self.device)
+        else:
+            chunks = ((frame, decode(frame)) for frame in frames)
+        try:
+            for frame, samples in chunks:
+                yield SpeechChunk(samples=samples, codes=frame[0].cpu().numpy().astype(np.int64)[:, None])
+                self.context.safe_point(self.device)
+        finally:
+            chunks.close()  # a closed (cancelled) speak stops the frame loop within a frame
 
     def batch_engines(self, rows: int):
         """The ``csm`` engines with room for ``rows`` rows.
