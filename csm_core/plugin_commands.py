@@ -54,6 +54,7 @@ def add_plugin_commands(app: typer.Typer, plugins=None) -> list[CommandFailure]:
             if taken:
                 del app.registered_commands[count:]
                 raise ValueError(f"command {taken[0]!r} already exists; choose another name")
+            typer.main.get_command(app)  # a signature typer cannot turn into options fails here, not at run time
         except Exception as exc:  # noqa: BLE001 - a broken plugin must never take the CLI down
             del app.registered_commands[count:]
             failures.append(CommandFailure(impl.plugin_name, f"{type(exc).__name__}: {exc}"))

@@ -190,6 +190,13 @@ def test_hook_register_commands():
             def say() -> None:
                 """Would shadow the core's say."""
 
+    class Unreadable:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command()
+            def odd(value: "NoSuchType") -> None:  # noqa: F821 - typer cannot resolve the annotation
+                """Typer fails on this signature."""
+
     app = typer.Typer()
 
     @app.command()
@@ -198,10 +205,10 @@ def test_hook_register_commands():
         typer.echo("core say")
 
     plugins = Plugins()
-    for name, plugin in (("hello", Hello()), ("broken", Broken()), ("clash", Clash())):
+    for name, plugin in (("hello", Hello()), ("broken", Broken()), ("clash", Clash()), ("odd", Unreadable())):
         plugins.register(plugin, name=name)
     failures = {f.plugin: f.error for f in add_plugin_commands(app, plugins)}
-    assert failures.keys() == {"broken", "clash"}
+    assert failures.keys() == {"broken", "clash", "odd"}
     assert failures["broken"] == "RuntimeError: no database" and "'say' already exists" in failures["clash"]
     assert sorted(c.name or c.callback.__name__ for c in app.registered_commands) == ["hello", "say"]
     runner = CliRunner()

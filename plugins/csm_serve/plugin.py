@@ -1,0 +1,90 @@
+"""Hooks of the in-tree serve plugin (nothing heavy is imported here: the command imports the server).
+
+No ``from __future__ import annotations`` here: typer evaluates the command's annotations, which name
+the option types imported inside the hook.
+
+``csmctl serve`` takes the options ``csmctl say`` takes (model, backend, optimizers, device, config,
+generation defaults) plus ``--host`` and ``--port``; the config file and ``CSM_*`` environment apply as
+for every command, and ``[options.serve]`` (see :mod:`csm_serve.options`) holds the server's own
+settings and limits.
+"""
+
+
+from typing import Annotated, Optional
+
+import typer
+
+from csm_core import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    from csm_core.cli import (
+        Backend, ConfigFile, Device, MaxNewTokens, ModelFlavor, ModelPath, Optimizers, Preset, Seed, Speaker,
+        Temperature, TopK, TopP, Verbose, _fail, _logging,
+    )
+
+    Host = Annotated[Optional[str], typer.Option("--host", help="Address to bind (default 127.0.0.1).")]
+    Port = Annotated[Optional[int], typer.Option("--port", help="TCP port (default 8000).")]
+
+    @cli.command()
+    def serve(
+        host: Host = None,
+        port: Port = None,
+        model_path: ModelPath = None,
+        model_flavor: ModelFlavor = None,
+        preset: Preset = None,
+        max_new_tokens: MaxNewTokens = None,
+        temperature: Temperature = None,
+        top_k: TopK = None,
+        top_p: TopP = None,
+        speaker: Speaker = None,
+        seed: Seed = None,
+        device: Device = None,
+        backend: Backend = None,
+        optimizer: Optimizers = None,
+        config: ConfigFile = None,
+        verbose: Verbose = False,
+    ) -> None:
+        """Serve OpenAI-compatible speech over HTTP and WebSocket (see docs/serve.md)."""
+        _logging(verbose)
+        from csm_core.errors import CsmError
+
+        try:
+            from csm_core.config import load_settings
+            from csm_serve.options import serve_options, settings_environ
+
+            flags = {k: v for k, v in locals().items() if k not in ("host", "port", "config", "verbose")}
+            # as csm_core.cli._settings builds them, with CSM_SERVE_API_KEY (no setting) left out
+            settings = load_settings(config, _overrides(flags), environ=settings_environ())
+            options = serve_options(settings, host=host, port=port)
+            from csm_serve.server import serve as run_server
+
+            typer.secho(f"csmctl serve: http://{options.host}:{options.port} (docs at /docs); loading the models",
+                        err=True)
+            code = run_server(settings, options, log_level="info" if verbose else "warning")
+        except CsmError as exc:
+            _fail(str(exc))
+        if code == 1:
+            _fail("the models failed to load (see the log above)", code=1)
+        if code == 130:
+            typer.secho("interrupted: server stopped", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code)
+
+
+def _overrides(flags: dict) -> dict:
+    """The dotted settings the ``say``-style flags set (as :func:`csm_core.cli._settings` maps them)."""
+    return {
+        "models.model_path": flags.get("model_path"),
+        "models.model_flavor": flags.get("model_flavor"),
+        "models.preset": flags.get("preset"),
+        "generation.max_new_frames": flags.get("max_new_tokens"),
+        "generation.temperature": flags.get("temperature"),
+        "generation.top_k": flags.get("top_k"),
+        "generation.top_p": flags.get("top_p"),
+        "generation.seed": flags.get("seed"),
+        "speaker": flags.get("speaker"),
+        "device": flags.get("device"),
+        "backend": flags.get("backend"),
+        "optimizers": flags.get("optimizer") or None,
+    }
