@@ -1,9 +1,17 @@
-"""What `csmctl doctor` checks: runtimes installed, CUDA, and whether each backend can run here."""
+"""What `csmctl doctor` checks: runtimes installed, CUDA, and whether each backend can run here.
+
+"Here" means this machine, not what a package was built for: onnxruntime-gpu lists
+``CUDAExecutionProvider`` on a machine without a GPU too, so CUDA is reported usable only where the
+runtime has CUDA support *and* the NVIDIA driver reports a CUDA device (:func:`cuda_device_count`).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata as metadata
+import sys
 from dataclasses import dataclass
+from typing import Callable
 
 from csm_core.errors import BackendUnavailable
 from csm_core.registry import Registry
@@ -74,7 +82,59 @@ def runtime_checks(path: list[str] | None = None) -> list[Check]:
         checks.append(clash)
     usable, reason = cuda_status() if versions["torch"] else (False, "torch is not installed")
     checks.append(Check("cuda", usable, reason))
+    if any(versions[dist] for dist in ONNXRUNTIME_DISTRIBUTIONS):
+        checks.append(onnxruntime_cuda_check())
     return checks
+
+
+def cuda_device_count() -> tuple[int, str]:
+    """(CUDA devices the NVIDIA driver reports on this machine, what was found), asked of the driver
+    (``libcuda``: ``cuInit``, ``cuDeviceGetCount``) directly, so the answer does not depend on how torch
+    or onnxruntime were built. ``CUDA_VISIBLE_DEVICES`` applies."""
+    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
+    driver = None
+    for name in names:
+        try:
+            driver = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if driver is None:
+        return 0, f"no NVIDIA driver ({names[0]} not found)"
+    status = driver.cuInit(0)
+    if status == 100:  # CUDA_ERROR_NO_DEVICE
+        return 0, "the NVIDIA driver sees no CUDA device"
+    if status != 0:
+        return 0, f"the NVIDIA driver did not start (cuInit error {status})"
+    count = ctypes.c_int(0)
+    status = driver.cuDeviceGetCount(ctypes.byref(count))
+    if status != 0:
+        return 0, f"the NVIDIA driver could not count devices (cuDeviceGetCount error {status})"
+    if count.value == 0:
+        return 0, "the NVIDIA driver sees no CUDA device"
+    return count.value, f"{count.value} CUDA device{'s' if count.value > 1 else ''}"
+
+
+def onnxruntime_cuda_check(device_count: Callable[[], tuple[int, str]] = cuda_device_count) -> Check:
+    """Whether ONNX Runtime can run on CUDA here: its build has ``CUDAExecutionProvider`` and
+    ``device_count()`` finds a CUDA device. (A session can still fail later when the CUDA/cuDNN libraries
+    that provider loads are missing; the backend says so when it opens one.)"""
+    try:
+        import onnxruntime as ort
+    except Exception as exc:  # a broken install (see the clash check) must not take doctor down
+        return Check("onnxruntime cuda", False, f"onnxruntime does not import: {type(exc).__name__}: {exc}")
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        return Check(
+            "onnxruntime cuda", False,
+            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (it has {', '.join(providers)}): "
+            "pip install onnxruntime-gpu for CUDA",
+        )
+    count, found = device_count()
+    if count == 0:
+        return Check("onnxruntime cuda", False,
+                     f"onnxruntime {ort.__version__} has CUDAExecutionProvider, but {found} on this machine")
+    return Check("onnxruntime cuda", True, f"CUDAExecutionProvider, {found}")
 
 
 def usable_backends(registry: Registry) -> list[str]:
@@ -82,9 +142,17 @@ def usable_backends(registry: Registry) -> list[str]:
     return [check.name.removeprefix("backend ") for check in backend_checks(registry) if check.ok]
 
 
-def backend_checks(registry: Registry) -> list[Check]:
-    """Each registered backend: usable here, or why not."""
+def backend_checks(
+    registry: Registry, device_count: Callable[[], tuple[int, str]] = cuda_device_count
+) -> list[Check]:
+    """Each registered backend: usable here, or why not, and which of its devices this machine has.
+
+    A backend declares the devices it supports; ``cuda`` is listed as a device here only when
+    ``device_count()`` finds one, else it is named with the reason (the runtime lines above say whether
+    each runtime's build can use it).
+    """
     checks = []
+    cuda: tuple[int, str] | None = None
     for name, registered in sorted(registry.backends.items()):
         backend = registered.record
         try:
@@ -94,6 +162,15 @@ def backend_checks(registry: Registry) -> list[Check]:
         except Exception as exc:  # a plugin's check must not take doctor down
             checks.append(Check(f"backend {name}", False, f"check failed: {type(exc).__name__}: {exc}"))
         else:
+            here, missing = [], []
+            for device in backend.devices:
+                if device == "cuda":
+                    cuda = cuda or device_count()
+                    if cuda[0] == 0:
+                        missing.append(f"no cuda: {cuda[1]}")
+                        continue
+                here.append(device)
+            devices = ", ".join(here) + "".join(f"; {m}" for m in missing)
             components = ", ".join(sorted(backend.engines))
-            checks.append(Check(f"backend {name}", True, f"usable ({components}; devices: {', '.join(backend.devices)})"))
+            checks.append(Check(f"backend {name}", True, f"usable ({components}; devices here: {devices})"))
     return checks

@@ -1,7 +1,8 @@
 """The ``causal_lm`` engine of the pytorch backend: a transformers causal LM and its own KV cache.
 
 :class:`TorchCausalLm` implements :class:`csm_core.components.CausalLmEngine` by calling the model's
-``forward`` with a transformers ``DynamicCache`` and explicit positions, keeping only the last
+``forward`` with a transformers ``DynamicCache`` (under the argument name the installed release
+uses: :func:`csm_pytorch.hf_compat.cache_kwargs`) and explicit positions, keeping only the last
 position's logits (``logits_to_keep=1``). It is the reference the other backends' engines are held to.
 """
 
@@ -77,6 +78,8 @@ class TorchCausalLm(TokenSteps):
     def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
         from transformers import DynamicCache
 
+        from csm_pytorch.hf_compat import cache_kwargs, output_cache
+
         if self._cache is None:
             self._cache = DynamicCache(config=self.model.config)
         t = input_ids.shape[1]
@@ -86,10 +89,10 @@ class TorchCausalLm(TokenSteps):
                 input_ids=input_ids.to(self.device),
                 position_ids=positions[None],
                 cache_position=positions,
-                past_key_values=self._cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **cache_kwargs(self.model, self._cache),
             )
-        self._cache = out.past_key_values
+        self._cache = output_cache(out)
         self.position += t
         return out.logits[:, -1].float()

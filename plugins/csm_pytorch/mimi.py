@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 from transformers import MimiConfig, MimiModel
-from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
 
 from csm_core.errors import CsmError
 from csm_core.hf_cache import hf_hub_cache_dir
+from csm_pytorch.hf_compat import mimi_codebooks, mimi_encode_streaming, reset_codebook_caches
 from csm_pytorch.mimi_streaming import MimiDecoderState, MimiStreamingDecoder
 
 __all__ = [
@@ -68,12 +68,12 @@ class MimiNotFoundError(CsmError, FileNotFoundError):
 
 @dataclass
 class MimiEncoderState:
-    """Streaming-encoder state: transformers' conv padding cache and transformer key/value cache.
+    """Streaming-encoder state: transformers' encoder-transformer key/value cache and conv padding cache.
 
     Both are ``None`` before the first :meth:`TorchMimi.encode_step`, which fills and then updates them.
     """
 
-    past_key_values: Any = None
+    cache: Any = None
     padding_cache: Any = None
 
 
@@ -95,11 +95,10 @@ def random_mimi(preset: str = "tiny", seed: int = 0) -> MimiModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MimiModel(config)
-        for codebook in model.modules():
-            if isinstance(codebook, MimiEuclideanCodebook):
-                codebook.embed_sum.normal_()
-                codebook.cluster_usage.fill_(1.0)
-    _reset_codebook_caches(model)
+        for codebook in mimi_codebooks(model):
+            codebook.embed_sum.normal_()
+            codebook.cluster_usage.fill_(1.0)
+    reset_codebook_caches(model)
     return model.eval()
 
 
@@ -188,13 +187,6 @@ def load_mimi(
     return TorchMimi(model.to(device).eval(), num_codebooks=num_codebooks)
 
 
-def _reset_codebook_caches(model: MimiModel) -> None:
-    """Codebooks cache ``embed_sum / cluster_usage`` on first use; drop it after weights, device or dtype change."""
-    for module in model.modules():
-        if isinstance(module, MimiEuclideanCodebook):
-            module._embed = None
-
-
 # ---------------------------------------------------------------------------------------------- engine
 class TorchMimi:
     """:class:`csm_core.components.CodecEngine` over a transformers ``MimiModel`` (eval mode, no grad).
@@ -209,7 +201,7 @@ class TorchMimi:
         low, high = config.num_semantic_quantizers, config.num_quantizers
         if not isinstance(num_codebooks, int) or not low <= num_codebooks <= high:
             raise ValueError(f"num_codebooks must be an int in [{low}, {high}] for this Mimi, got {num_codebooks!r}")
-        _reset_codebook_caches(model)
+        reset_codebook_caches(model)
         self.model = model.eval()
         self.num_codebooks = num_codebooks
         self.sample_rate: int = config.sampling_rate
@@ -289,15 +281,10 @@ class TorchMimi:
                 f"got {pcm.shape[-1]}; buffer the remainder for the next call"
             )
         pcm = self._check_pcm(pcm)
-        out = self.model.encode(
-            pcm,
-            num_quantizers=self.num_codebooks,
-            encoder_past_key_values=state.past_key_values,
-            padding_cache=state.padding_cache,
-            use_streaming=True,
+        codes, state.cache, state.padding_cache = mimi_encode_streaming(
+            self.model, pcm, self.num_codebooks, state.cache, state.padding_cache
         )
-        state.past_key_values, state.padding_cache = out.encoder_past_key_values, out.padding_cache
-        return out.audio_codes.to(torch.int64), state
+        return codes.to(torch.int64), state
 
     def _check_pcm(self, pcm: torch.Tensor) -> torch.Tensor:
         if not isinstance(pcm, torch.Tensor) or pcm.ndim != 3 or pcm.shape[1] != 1 or pcm.shape[2] == 0:

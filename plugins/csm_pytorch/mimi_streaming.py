@@ -36,6 +36,8 @@ from transformers.models.mimi.modeling_mimi import (
     repeat_kv,
 )
 
+from csm_pytorch.hf_compat import mimi_decoder_parts
+
 
 @dataclass(frozen=True)
 class MimiDecoderState:
@@ -112,14 +114,13 @@ class MimiStreamingDecoder:
     """
 
     def __init__(self, model: MimiModel):
-        if model.decoder is None:
-            raise ValueError("the MimiModel has no decoder (it was built with decoder_config=None)")
+        parts = mimi_decoder_parts(model)
         _check_streamable(model.config)
         self.model = model
         self.config = model.config
-        self.upsample: MimiConvTranspose1d | None = model.decoder.upsample
-        self.transformer = model.decoder.decoder_transformer
-        self.seanet_layers = list(model.decoder.decoder_seanet.layers)
+        self.upsample: MimiConvTranspose1d | None = parts.upsample
+        self.transformer = parts.transformer
+        self.seanet_layers = parts.seanet_layers
         self.window: int | None = self.config.sliding_window
         convs, convtrs = [], []
         for layer in self.seanet_layers:

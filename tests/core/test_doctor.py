@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from csm_core.doctor import installed_versions, onnxruntime_clash, runtime_checks
+from csm_core.doctor import (
+    backend_checks,
+    cuda_device_count,
+    installed_versions,
+    onnxruntime_clash,
+    onnxruntime_cuda_check,
+    runtime_checks,
+)
 
 
 def fake_site(root: Path, **distributions: str) -> Path:
@@ -75,3 +82,61 @@ def test_csmctl_doctor_reports_the_clash_from_the_environment(tmp_path):
     clash = checks["onnxruntime packages"]
     assert clash["ok"] is False and "pip uninstall -y onnxruntime-gpu onnxruntime" in clash["detail"]
     assert "onnxruntime 1.19.2" in clash["detail"] and "onnxruntime-gpu 1.20.1" in clash["detail"]
+
+
+# ------------------------------------------------------------------------------------- CUDA here
+def test_cuda_device_count_asks_the_driver():
+    count, found = cuda_device_count()
+    assert isinstance(count, int) and count >= 0 and found
+    if count == 0:  # no driver, or a driver without devices: the reason says which
+        assert "no NVIDIA driver" in found or "no CUDA device" in found or "error" in found
+    else:
+        assert found.startswith(f"{count} CUDA device")
+
+
+def test_onnxruntime_cuda_needs_the_provider_and_a_device():
+    ort = pytest.importorskip("onnxruntime")
+    built_with_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    absent = onnxruntime_cuda_check(lambda: (0, "no NVIDIA driver (libcuda.so.1 not found)"))
+    assert absent.name == "onnxruntime cuda" and not absent.ok
+    present = onnxruntime_cuda_check(lambda: (1, "1 CUDA device"))
+    assert present.ok == built_with_cuda
+    if built_with_cuda:  # onnxruntime-gpu lists the provider on any machine: the device decides
+        assert "has CUDAExecutionProvider, but no NVIDIA driver" in absent.detail
+        assert present.detail == "CUDAExecutionProvider, 1 CUDA device"
+    else:
+        assert "has no CUDAExecutionProvider" in absent.detail and "pip install onnxruntime-gpu" in absent.detail
+
+
+def test_backend_devices_here_leave_out_cuda_without_a_device():
+    from csm_core.plugins import Plugins
+    from csm_core.registry import Registry
+
+    registry = Registry.collect(Plugins.from_environment(), strict=False)
+    with_cuda = [n for n, r in registry.backends.items() if "cuda" in r.record.devices]
+    if not with_cuda:
+        pytest.skip("no registered backend declares cuda")
+    none = by_name(backend_checks(registry, lambda: (0, "the NVIDIA driver sees no CUDA device")))
+    one = by_name(backend_checks(registry, lambda: (1, "1 CUDA device")))
+    for name in with_cuda:
+        if not none[f"backend {name}"].ok:
+            continue  # not usable here at all (e.g. tensorrt not installed): no device list
+        assert "devices here: cpu; no cuda: the NVIDIA driver sees no CUDA device" in none[f"backend {name}"].detail
+        assert "devices here: cpu, cuda)" in one[f"backend {name}"].detail
+
+
+@pytest.mark.slow  # a fresh interpreter loads every plugin and torch: ~5-12 s on 2 busy cores
+@pytest.mark.skipif(cuda_device_count()[0] > 0, reason="this machine has a CUDA device")
+def test_csmctl_doctor_claims_no_cuda_on_a_machine_without_a_gpu():
+    """The issue's machine: onnxruntime-gpu installed, no GPU. Nothing may say cuda works here."""
+    done = subprocess.run([sys.executable, "-m", "csm_core.cli", "doctor", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    checks = {c["name"]: c for c in json.loads(done.stdout)}
+    if "onnxruntime cuda" in checks:
+        assert checks["onnxruntime cuda"]["ok"] is False
+    assert checks["cuda"]["ok"] is False
+    for name, check in checks.items():
+        if name.startswith("backend ") and check["ok"]:
+            devices = check["detail"].split("devices here: ")[1]
+            assert "cuda" not in devices.split(";")[0], check["detail"]

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -149,3 +155,26 @@ def test_tracing_logs_hook_calls(caplog):
     text = caplog.text
     assert "plugin 'a' registered backend 'only-a'" in text
     assert "run_stage" in text
+
+
+# --------------------------------------------------------------------------------- `csmctl plugins`
+def csmctl_plugins(columns: int, *args: str) -> subprocess.CompletedProcess:
+    csmctl = shutil.which("csmctl") or str(Path(sys.executable).parent / "csmctl")
+    environ = {**os.environ, "NO_COLOR": "1", "COLUMNS": str(columns)}
+    return subprocess.run([csmctl, "plugins", *args], capture_output=True, text=True, env=environ, timeout=120)
+
+
+@pytest.mark.parametrize("columns", [80, 200, 40])
+def test_csmctl_plugins_never_breaks_a_name(columns):
+    """At 80 columns the table would be 96 wide: names must stay whole (no ``register_sentiment_a`` /
+    ``nalyzers``) and no line may run past the terminal unless one name alone is wider than it."""
+    report = json.loads(csmctl_plugins(columns, "--json").stdout)
+    shown = csmctl_plugins(columns)
+    assert shown.returncode == 0, shown.stderr
+    names = [n for p in report["plugins"] for n in (p["name"], *p["hooks"], *p["registered"])]
+    assert "register_sentiment_analyzers" in names
+    words = set(re.findall(r"[\w:.-]+", shown.stdout))
+    assert [n for n in names if n not in words] == []  # each name appears whole, on one line
+    assert "…" not in shown.stdout  # nothing cut off either
+    widest = len("  registered  ") + max(len(n) for n in names) + len(",")  # a block line holding one name
+    assert max(len(line.rstrip()) for line in shown.stdout.splitlines()) <= max(columns, widest)

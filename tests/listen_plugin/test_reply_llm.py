@@ -6,7 +6,11 @@ back, says why, and still carries a configured emotion), plus determinism, limit
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import warnings
 
 import pytest
 
@@ -150,3 +154,29 @@ def test_bad_options_are_config_errors(chat_dir):
         make(tiny_settings(chat_dir, options={"transformers": {"max_new_tokens": 0}}))
     with pytest.raises(ConfigError, match="leaves"):
         make(tiny_settings(chat_dir, options={"transformers": {"max_new_tokens": 4090}}))
+
+
+def test_reply_passes_the_cache_under_the_name_transformers_takes(chat_dir, sentiment):
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` and warns (FutureWarning) on
+    each call with the old name: the engine names its DynamicCache the way the installed release does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        reply = make(tiny_settings(chat_dir)).reply(request(sentiment=sentiment))
+    assert reply.emotion in EMOTIONS and reply.raw is not None
+
+
+@pytest.mark.slow  # a fresh csmctl loads every plugin and the tiny models: ~5-15 s on 2 busy cores
+def test_csmctl_run_prints_no_deprecation_warning(tmp_path):
+    """The whole ``run`` path in a fresh interpreter, FutureWarning an error; transformers also *logs*
+    the old cache name once per process, so stderr is read too."""
+    environ = {**os.environ, "NO_COLOR": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-m", "csm_core.cli", "run", "--text", "hi", "--preset", "tiny",
+         "-m", "2", "--device", "cpu", "-o", str(tmp_path / "reply.wav")],
+        capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "reply.wav").is_file()
+    # FutureWarning is an error above; transformers' own log line for the old name reads
+    # "`past_key_values`/`cache_params` are deprecated. Use `cache` instead."
+    assert "FutureWarning" not in done.stderr and "past_key_values" not in done.stderr, done.stderr

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -157,6 +159,32 @@ def test_a_model_directory_that_is_not_whisper(tmp_path, whisper_dir):
 def test_unknown_option_is_a_config_error(whisper_dir):
     with pytest.raises(ConfigError, match=r"(?s)options.whisper.*max_tokens"):
         make(Settings(device="cpu", models={"asr": str(whisper_dir)}, options={"whisper": {"max_tokens": 3}}))
+
+
+def test_transcribing_raises_no_deprecation_warning(transcriber):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        text = transcriber.transcribe(noise(1.0, 16000, seed=8))
+    assert isinstance(text, str)
+
+
+@pytest.mark.slow  # a fresh csmctl loads every plugin and the tiny models: ~10-20 s on 2 busy cores
+def test_csmctl_chat_on_speech_prints_no_deprecation_warning(tmp_path):
+    """``chat`` with a WAV runs Mimi's encoder, Whisper, the reply LM and CSM in a fresh interpreter with
+    FutureWarning an error; transformers' once-per-process deprecation log lines are read from stderr."""
+    sf.write(tmp_path / "in.wav", noise(1.0, 16000, seed=9).samples, 16000)
+    environ = {**os.environ, "NO_COLOR": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-m", "csm_core.cli", "chat", str(tmp_path / "in.wav"),
+         "--state", str(tmp_path / "chat.json"), "--preset", "tiny", "-m", "2", "--device", "cpu",
+         "-o", str(tmp_path / "reply.wav")],
+        capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "transcript:" in done.stdout and (tmp_path / "reply.wav").is_file()
+    # FutureWarning is an error above; transformers' own log line for the old name reads
+    # "`past_key_values`/`cache_params` are deprecated. Use `cache` instead."
+    assert "FutureWarning" not in done.stderr and "past_key_values" not in done.stderr, done.stderr
 
 
 @pytest.mark.espeak
