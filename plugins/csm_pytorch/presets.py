@@ -63,7 +63,10 @@ from csm_pytorch.convert import (
 from csm_pytorch.model import Csm, CsmArgs, random_csm
 from csm_pytorch.text_tokenizer import ByteTextTokenizer, TextTokenizer
 
-__all__ = ["PRESETS", "SAVE_LAYOUTS", "Preset", "build_preset", "get_preset", "save_preset", "sesame_config_for"]
+__all__ = [
+    "PRESETS", "SAVE_LAYOUTS", "Preset", "build_preset", "get_preset", "save_preset", "sesame_config_for",
+    "write_transformers_layout",
+]
 
 SAVE_LAYOUTS = ("transformers", "sesame", "sesame-ckpt")
 
@@ -183,18 +186,30 @@ def _save_sesame(preset: Preset, state: dict, directory: Path, checkpoint: bool)
 
 def _save_transformers(preset: Preset, state: dict, tokenizer: ByteTextTokenizer, directory: Path, seed: int) -> None:
     """Build transformers' ``CsmForConditionalGeneration`` around our weights and ``save_pretrained`` it."""
+    from csm_pytorch.mimi import random_mimi
+
+    write_transformers_layout(state, preset.args, tokenizer, random_mimi(preset.mimi_preset, seed), directory)
+
+
+def write_transformers_layout(state: dict, args: CsmArgs, tokenizer: TextTokenizer, codec, directory: str | Path) -> Path:
+    """Write our ``state`` (a :class:`Csm` state dict of ``args``) with the Mimi ``codec`` (a transformers
+    ``MimiModel``) inside, as transformers' ``CsmForConditionalGeneration.save_pretrained`` does.
+
+    The files are those of :func:`save_preset`'s ``transformers`` layout minus the tokenizer (call
+    ``tokenizer.save(directory)`` for it); ``tokenizer`` gives the BOS and PAD ids of the config.
+    Returns ``directory``. Used by ``csmctl train`` to write a fine-tuned model.
+    """
     from transformers import CsmForConditionalGeneration
 
-    from csm_pytorch.mimi import mimi_config, random_mimi
-
+    directory = Path(directory)
     config = transformers_config_from_args(
-        preset.args,
-        codec_config=mimi_config(preset.mimi_preset).to_dict(),
+        args,
+        codec_config=codec.config.to_dict(),
         bos_token_id=tokenizer.bos_id,
-        pad_token_id=tokenizer.pad_id,
+        pad_token_id=getattr(tokenizer, "pad_id", None),
     )
-    hf_state = to_transformers_state_dict(state, preset.args)
-    hf_state.update({f"codec_model.{n}": t for n, t in random_mimi(preset.mimi_preset, seed).state_dict().items()})
+    hf_state = to_transformers_state_dict(state, args)
+    hf_state.update({f"codec_model.{n}": t for n, t in codec.state_dict().items()})
     # Built on the meta device and filled by assignment: no random init of weights that are replaced anyway.
     with torch.device("meta"):
         hf_model = CsmForConditionalGeneration(config)
@@ -204,3 +219,4 @@ def _save_transformers(preset: Preset, state: dict, tokenizer: ByteTextTokenizer
     if meta:
         raise RuntimeError(f"save_preset: transformers model tensors left unset after loading: {meta[:5]}")
     hf_model.save_pretrained(directory)
+    return directory
