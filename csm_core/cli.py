@@ -60,7 +60,9 @@ Optimizers = Annotated[
 ]
 
 
-def _settings(config: Path | None = None, **flags):
+def _settings(config: Path | None = None, environ=None, **flags):
+    """Settings from the config file, the ``CSM_*`` environment (``environ``, default ``os.environ``) and
+    the flags ``say`` takes (unknown keyword arguments are ignored, so a command passes ``locals()``)."""
     from csm_core.config import load_settings
 
     overrides = {
@@ -77,7 +79,7 @@ def _settings(config: Path | None = None, **flags):
         "backend": flags.get("backend"),
         "optimizers": flags.get("optimizer") or None,
     }
-    return load_settings(config, overrides)
+    return load_settings(config, overrides, environ=environ)
 
 
 EXIT_BAD_INPUT = 2

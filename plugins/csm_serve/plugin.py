@@ -21,7 +21,7 @@ from csm_core import hookimpl
 def register_commands(cli):
     from csm_core.cli import (
         Backend, ConfigFile, Device, MaxNewTokens, ModelFlavor, ModelPath, Optimizers, Preset, Seed, Speaker,
-        Temperature, TopK, TopP, Verbose, _fail, _logging,
+        Temperature, TopK, TopP, Verbose, _fail, _logging, _settings,
     )
 
     Host = Annotated[Optional[str], typer.Option("--host", help="Address to bind (default 127.0.0.1).")]
@@ -51,12 +51,11 @@ def register_commands(cli):
         from csm_core.errors import CsmError
 
         try:
-            from csm_core.config import load_settings
             from csm_serve.options import serve_options, settings_environ
 
             flags = {k: v for k, v in locals().items() if k not in ("host", "port", "config", "verbose")}
-            # as csm_core.cli._settings builds them, with CSM_SERVE_API_KEY (no setting) left out
-            settings = load_settings(config, _overrides(flags), environ=settings_environ())
+            # as for `say`, with CSM_SERVE_API_KEY (this plugin's variable, no setting) left out
+            settings = _settings(config, environ=settings_environ(), **flags)
             options = serve_options(settings, host=host, port=port)
             from csm_serve.server import serve as run_server
 
@@ -71,20 +70,3 @@ def register_commands(cli):
             typer.secho("interrupted: server stopped", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code)
 
-
-def _overrides(flags: dict) -> dict:
-    """The dotted settings the ``say``-style flags set (as :func:`csm_core.cli._settings` maps them)."""
-    return {
-        "models.model_path": flags.get("model_path"),
-        "models.model_flavor": flags.get("model_flavor"),
-        "models.preset": flags.get("preset"),
-        "generation.max_new_frames": flags.get("max_new_tokens"),
-        "generation.temperature": flags.get("temperature"),
-        "generation.top_k": flags.get("top_k"),
-        "generation.top_p": flags.get("top_p"),
-        "generation.seed": flags.get("seed"),
-        "speaker": flags.get("speaker"),
-        "device": flags.get("device"),
-        "backend": flags.get("backend"),
-        "optimizers": flags.get("optimizer") or None,
-    }
