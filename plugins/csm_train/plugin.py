@@ -7,7 +7,9 @@ from csm_core import hookimpl
 
 @hookimpl
 def register_commands(cli):
-    """``csmctl train`` (see :mod:`csm_train.commands`)."""
+    """``csmctl train`` (see :mod:`csm_train.commands`) and ``csmctl eval`` (:mod:`csm_train.evaluation_command`)."""
     from csm_train.commands import add_train_command
+    from csm_train.evaluation_command import add_eval_command
 
     add_train_command(cli)
+    add_eval_command(cli)
