@@ -462,13 +462,17 @@ def export(
         typer.echo(f"wrote {path}")
 
 
-def _bench_command():
+def _bench_group() -> typer.Typer:
+    """``csmctl bench``: the matrix when given no subcommand; plugins add subcommands to it
+    (:func:`csm_core.plugin_commands.command_group`)."""
     from csm_core.bench.command import bench  # imports nothing heavy: the cells load models when they run
 
-    return bench
+    group = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    group.callback(invoke_without_command=True)(bench)
+    return group
 
 
-app.command("bench")(_bench_command())
+app.add_typer(_bench_group(), name="bench")
 
 
 def main() -> None:

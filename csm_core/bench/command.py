@@ -23,6 +23,7 @@ log = logging.getLogger("csm.bench")
 
 
 def bench(
+    ctx: typer.Context,
     backends: Annotated[str, typer.Option("--backends", help="Comma-separated backends; "
                                           "'transformers-reference' adds transformers' generate as a reference row.")]
     = "pytorch,onnxruntime",
@@ -49,7 +50,11 @@ def bench(
                                             "first audio = the run's first chunk, codes concatenated in order). "
                                             "1 speaks the text once, as Pipeline.speak.")] = 1,
 ) -> None:
-    """Benchmark backends x optimizer sets x presets; write bench.json, bench.md (ratios) and bench.png."""
+    """Benchmark backends x optimizer sets x presets; write bench.json, bench.md (ratios) and bench.png.
+
+    Plugins add subcommands (``csmctl bench serve``); with one, this matrix does not run."""
+    if ctx.invoked_subcommand is not None:
+        return
     try:
         paths, failed = run_bench(
             backends=backends, optimizers=optimizers, presets=presets, frames=frames, repeats=repeats,

@@ -70,3 +70,6 @@ def register_commands(cli):
             typer.secho("interrupted: server stopped", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code)
 
+    from csm_serve.loadbench_command import register_bench_serve
+
+    register_bench_serve(cli)

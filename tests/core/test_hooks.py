@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import typer
 
 from csm_core import hookimpl
 from csm_core.audio import Audio
@@ -214,6 +215,51 @@ def test_hook_register_commands():
     runner = CliRunner()
     assert runner.invoke(app, ["hello", "world"]).output == "hello world\n"
     assert runner.invoke(app, ["say"]).output == "core say\n"
+
+
+def test_register_commands_adds_subcommands_to_a_group_and_rolls_them_back_on_failure():
+    from typer.testing import CliRunner
+
+    from csm_core.plugin_commands import add_plugin_commands, command_group
+
+    class Sub:
+        @hookimpl
+        def register_commands(self, cli):
+            @command_group(cli, "bench").command("serve")
+            def serve() -> None:
+                """A subcommand."""
+                typer.echo("bench serve ran")
+
+    class BrokenSub:
+        @hookimpl
+        def register_commands(self, cli):
+            @command_group(cli, "bench").command("half")
+            def half() -> None:
+                """Rolled back: the plugin raises after adding it."""
+
+            command_group(cli, "nope")  # KeyError naming the groups there are
+
+    app, bench = typer.Typer(), typer.Typer()
+
+    @bench.callback(invoke_without_command=True)
+    def matrix(ctx: typer.Context) -> None:
+        if ctx.invoked_subcommand is None:
+            typer.echo("matrix ran")
+
+    @app.command()
+    def other() -> None:
+        """Another core command."""
+
+    app.add_typer(bench, name="bench")
+    plugins = Plugins()
+    plugins.register(Sub(), name="sub")
+    plugins.register(BrokenSub(), name="broken-sub")
+    failures = add_plugin_commands(app, plugins)
+    assert [(f.plugin, "no command group 'nope'; groups: bench" in f.error) for f in failures] == [("broken-sub", True)]
+    assert [c.name for c in bench.registered_commands] == ["serve"]
+    runner = CliRunner()
+    assert runner.invoke(app, ["bench", "serve"]).output == "bench serve ran\n"
+    assert runner.invoke(app, ["bench"]).output == "matrix ran\n"
 
 
 def test_hook_at_safe_point():
