@@ -82,6 +82,14 @@ def _settings(config: Path | None = None, environ=None, **flags):
     return load_settings(config, overrides, environ=environ)
 
 
+def _check_voice(settings) -> None:
+    """The ``[voice]`` reference clip, checked from its header before any model loads (chat does the same)."""
+    if settings.voice.audio is not None:
+        from csm_core.audio_header import check_audio_file
+
+        check_audio_file(settings.voice.audio, f"voice.audio {str(settings.voice.audio)!r}")
+
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -289,6 +297,7 @@ def say(
         check_text(text, "TEXT (the text to say)")
         settings = _settings(**locals())
         out = _SpeechFile(output, check_audio_output(output, reads={"voice.audio": settings.voice.audio}), stream)
+        _check_voice(settings)
 
         from csm_core.pipeline import Pipeline
 
@@ -338,6 +347,7 @@ def run(
         settings = _settings(**locals())
         reads = {"INPUT": input, "voice.audio": settings.voice.audio}
         out = _SpeechFile(output, check_audio_output(output, reads=reads), stream)
+        _check_voice(settings)
 
         from csm_core.audio import read_audio
         from csm_core.pipeline import AUDIO_STAGES, TEXT_STAGES, Pipeline

@@ -210,6 +210,11 @@ REFUSED_EARLY: dict[str, Case] = {
     "chat-voice-clip-10ms": chat_args(
         "-s", "chat.json", "-o", "reply.wav", "-c", "voice.toml", needles=("voice.audio 'click.wav'", "is too short"),
         setup=_voice_config),
+    "say-voice-clip-10ms": lambda work: (_voice_config(work), (
+        ["say", "Hello.", "-o", "out.wav", "-c", "voice.toml", *TINY], ["voice.audio 'click.wav'", "is too short"]))[1],
+    "run-voice-clip-10ms": lambda work: (_voice_config(work), (
+        ["run", "--text", "Hello.", "-o", "reply.wav", "-c", "voice.toml", *TINY],
+        ["voice.audio 'click.wav'", "is too short"]))[1],
 }
 
 REFUSED_AFTER_LOADING: dict[str, Case] = {
