@@ -139,17 +139,20 @@ def _logging(verbose: bool) -> None:
 
 
 def _speech_progress():
-    """A transient progress display on stderr: seconds of audio generated so far."""
+    """A transient progress display on stderr: seconds of audio generated so far. Off where stderr is no
+    terminal (a pipe, a log file), which then gets only the result or the one ``error:`` line."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    console = Console(stderr=True)
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         TextColumn("{task.completed:.2f} s of audio"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
+        disable=not console.is_terminal,
     )
 
 

@@ -1,10 +1,11 @@
 """Bad input at the edge, through real ``csmctl run`` and ``csmctl chat`` subprocesses (tiny preset).
 
-Every refused case asserts: exit status 2, exactly one non-blank line on stderr, starting ``error:`` and
-naming what was wrong, no traceback, and every file that was in the working folder before (the input,
-the state file, an earlier reply.wav, the config) unchanged byte for byte, with no file added. Most are
-refused before any model loads; the codes that only the loaded codec can judge are refused after the
-models load and before anything is generated. Ordinary files (stereo, odd rates, FLAC) still work.
+Every refused case asserts: exit status 2, exactly one line on stderr (no blank line left by a progress
+display), starting ``error:`` and naming what was wrong, no traceback, and every file that was in the
+working folder before (the input, the state file, an earlier reply.wav, the config) unchanged byte for
+byte, with no file added. Most are refused before any model loads; the codes that only the loaded codec
+can judge are refused after the models load and before anything is generated. Ordinary files (stereo,
+odd rates, FLAC) still work.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ REFUSED_AFTER_LOADING: dict[str, Case] = {
 def assert_refused(result: subprocess.CompletedProcess, needles: list[str]) -> None:
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = result.stderr.splitlines()  # no blank line either (a progress display left behind)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
