@@ -17,6 +17,7 @@ from transformers import CsmConfig, CsmForConditionalGeneration, MimiConfig  # n
 from csm_core.components import BackboneEngine, DepthDecoderEngine  # noqa: E402
 from csm_core.generation import FrameEmbedder, SamplingParams, Segment, build_prompt, generate_frames  # noqa: E402
 from csm_pytorch import convert  # noqa: E402
+from csm_pytorch.hf_compat import cache_kwargs, output_cache  # noqa: E402
 from csm_pytorch.model import Csm, CsmArgs, TorchCsmEngines  # noqa: E402
 
 CONFIGS = {
@@ -92,11 +93,12 @@ def test_backbone_logits_match_prefill_and_steps(pair):
         ref = out.last_hidden_state[:, -1]
         torch.testing.assert_close(hidden, ref, atol=1e-4, rtol=0)
         torch.testing.assert_close(logits, hf.lm_head(ref), atol=1e-4, rtol=0)
-        cache = out.past_key_values
+        cache = output_cache(out)
         for step in range(3):
             embed = torch.randn(2, 1, args.backbone_dim, generator=gen)
             hidden, logits = engines.backbone.step(embed, torch.full((2, 1), t + step))
-            out = hf.backbone_model(inputs_embeds=embed, past_key_values=cache, use_cache=True)
+            out = hf.backbone_model(inputs_embeds=embed, **cache_kwargs(hf.backbone_model, cache), use_cache=True)
+            cache = output_cache(out)
             ref = out.last_hidden_state[:, -1]
             torch.testing.assert_close(hidden, ref, atol=1e-4, rtol=0)
             torch.testing.assert_close(logits, hf.lm_head(ref), atol=1e-4, rtol=0)
