@@ -148,8 +148,8 @@ def backend_checks(
     """Each registered backend: usable here, or why not, and which of its devices this machine has.
 
     A backend declares the devices it supports; ``cuda`` is listed as a device here only when
-    ``device_count()`` finds one, else it is named with the reason (the runtime lines above say whether
-    each runtime's build can use it).
+    ``device_count()`` finds one and the backend's own ``device_check`` (its runtime's build) does not
+    object, else it is named with the reason.
     """
     checks = []
     cuda: tuple[int, str] | None = None
@@ -169,8 +169,22 @@ def backend_checks(
                     if cuda[0] == 0:
                         missing.append(f"no cuda: {cuda[1]}")
                         continue
+                problem = _device_problem(backend, device)
+                if problem is not None:
+                    missing.append(f"no {device}: {problem}")
+                    continue
                 here.append(device)
             devices = ", ".join(here) + "".join(f"; {m}" for m in missing)
             components = ", ".join(sorted(backend.engines))
             checks.append(Check(f"backend {name}", True, f"usable ({components}; devices here: {devices})"))
     return checks
+
+
+def _device_problem(backend, device: str) -> str | None:
+    """Why ``backend``'s runtime cannot use ``device`` here (its ``device_check``), or None."""
+    if backend.device_check is None:
+        return None
+    try:
+        return backend.device_check(device)
+    except Exception as exc:  # noqa: BLE001 - a plugin's check must not take doctor down
+        return f"device check failed: {type(exc).__name__}: {exc}"

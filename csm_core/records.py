@@ -31,6 +31,9 @@ class Backend:
     it must be cheap and must not load models. ``prepare(context, progress)``, when given, builds the
     backend's artifacts ahead of time (ONNX graphs, TensorRT engines) for ``csmctl export`` and returns
     the paths written; ``progress(description, completed, total)`` reports how far it is.
+    ``device_check(device)``, when given, says why the backend's runtime cannot use ``device`` on this
+    machine although the machine has it (an onnxruntime build without the CUDA provider), or returns
+    None when it can; ``csmctl doctor`` reports it. Like ``check`` it must be cheap.
     """
 
     name: str
@@ -39,6 +42,7 @@ class Backend:
     description: str = ""
     devices: tuple[str, ...] = ("cpu",)
     prepare: Callable[["StageContext", Callable[[str, int, int], None]], list] | None = None
+    device_check: Callable[[str], str | None] | None = None
 
     def __post_init__(self) -> None:
         _check_name(self, self.name)

@@ -21,6 +21,13 @@ def check() -> None:
         raise BackendUnavailable(f"the onnxruntime backend needs {', '.join(missing)}: {INSTALL_HINT}")
 
 
+def device_check(device: str) -> str | None:
+    """Why this onnxruntime build cannot run on ``device`` (no CUDA provider in a CPU-only build), or None."""
+    from csm_onnxruntime.session import missing_provider
+
+    return missing_provider(device)
+
+
 def _csm_engines(model, context):
     from csm_onnxruntime.engines import OnnxCsmEngines
 
@@ -56,5 +63,6 @@ def register_backends(register):
             description="ONNX Runtime over exported graphs with explicit KV caches and IO binding",
             devices=("cpu", "cuda"),
             prepare=prepare,
+            device_check=device_check,
         )
     )

@@ -70,6 +70,38 @@ def test_clash_of_cpu_only_flavours_keeps_the_first_listed():
     assert onnxruntime_clash({"onnxruntime": "1.20.0", "onnxruntime-gpu": None}) is None
 
 
+def test_a_backends_device_check_keeps_a_device_it_cannot_use_out_of_devices_here():
+    """On a GPU machine whose runtime build has no CUDA (plain onnxruntime), cuda is named with the reason."""
+    from csm_core import hookimpl
+    from csm_core.plugins import Plugins
+    from csm_core.records import Backend
+    from csm_core.registry import Registry
+
+    class CpuOnlyBuild:
+        @hookimpl
+        def register_backends(self, register):
+            register(Backend(name="cpu-build", engines={"csm": lambda m, c: None}, check=lambda: None,
+                             devices=("cpu", "cuda"),
+                             device_check=lambda d: None if d == "cpu" else "this build has no CUDA provider"))
+
+    plugins = Plugins()
+    plugins.register(CpuOnlyBuild(), name="cpu-build")
+    registry = Registry.collect(plugins, strict=False)
+    [check] = backend_checks(registry, lambda: (1, "1 CUDA device"))
+    assert check.ok and "devices here: cpu; no cuda: this build has no CUDA provider" in check.detail
+
+
+def test_the_onnxruntime_backend_checks_its_build_for_each_device():
+    pytest.importorskip("onnxruntime")
+    from csm_onnxruntime.plugin import device_check
+    import onnxruntime
+
+    assert device_check("cpu") is None
+    expected = None if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "has no CUDAExecutionProvider"
+    result = device_check("cuda")
+    assert result is None if expected is None else expected in result
+
+
 @pytest.mark.slow  # a fresh interpreter loads every plugin and torch: ~5-12 s on 2 busy cores
 def test_csmctl_doctor_reports_the_clash_from_the_environment(tmp_path):
     """End to end: the CLI in a fresh interpreter whose path starts with the fake site folder."""
