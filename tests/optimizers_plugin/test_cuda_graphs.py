@@ -16,7 +16,7 @@ from csm_core.generation.frames import generate_codes  # noqa: E402
 from csm_core.generation.sampling import SamplingParams  # noqa: E402
 from csm_core.pipeline import Pipeline  # noqa: E402
 from csm_core.quality import code_agreement  # noqa: E402
-from optimizer_pipelines import tiny_pipeline  # noqa: E402
+from optimizer_pipelines import text_prompt, tiny_pipeline  # noqa: E402
 from csm_pytorch.cuda_graphs import StaticStep, cuda_graph_engines  # noqa: E402
 from csm_pytorch.model import TorchCsmEngines  # noqa: E402
 from csm_pytorch.presets import build_preset  # noqa: E402
@@ -30,12 +30,7 @@ def pipeline(**settings) -> Pipeline:
 
 
 def prompt(args, frames: int = 10):
-    gen = torch.Generator().manual_seed(5)
-    tokens = torch.zeros(1, frames, args.num_codebooks + 1, dtype=torch.long)
-    tokens[..., -1] = torch.randint(0, 256, (1, frames), generator=gen)
-    mask = torch.zeros_like(tokens, dtype=torch.bool)
-    mask[..., -1] = True
-    return tokens, mask
+    return text_prompt(args, frames, seed=5)
 
 
 def codes_of(engines, model, max_frames: int = 3) -> torch.Tensor:

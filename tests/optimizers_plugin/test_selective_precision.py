@@ -21,27 +21,16 @@ from csm_core.generation.frames import generate_codes  # noqa: E402
 from csm_core.generation.sampling import SamplingParams  # noqa: E402
 from csm_core.pipeline import Pipeline  # noqa: E402
 from csm_core.quality import compare_runs  # noqa: E402
-from optimizer_pipelines import tiny_pipeline  # noqa: E402
+from optimizer_pipelines import text_prompt, tiny_pipeline  # noqa: E402
 from csm_optimizers.selective_precision import teacher_forced_agreement  # noqa: E402
 from csm_pytorch.model import TorchCsmEngines  # noqa: E402
 from csm_pytorch.sources import csm_part_dtypes, load_csm_weights, load_mimi_model  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0, code_limit=2048)  # codes the tiny/small Mimi can decode
-PROMPT_FRAMES = 12
 
 
 def pipeline(**settings) -> Pipeline:
     return tiny_pipeline(**settings)
-
-
-def text_prompt(args, frames: int = PROMPT_FRAMES, seed: int = 3):
-    """A text-only prompt [1,T,K+1] of random byte tokens."""
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(1, frames, args.num_codebooks + 1, dtype=torch.long)
-    tokens[..., -1] = torch.randint(0, 256, (1, frames), generator=gen)
-    mask = torch.zeros_like(tokens, dtype=torch.bool)
-    mask[..., -1] = True
-    return tokens, mask
 
 
 def loaded(preset: str, dtype: str | None):

@@ -27,12 +27,11 @@ from csm_core.errors import ConfigError, CsmError  # noqa: E402
 from csm_core.generation.frames import generate_codes  # noqa: E402
 from csm_core.generation.sampling import SamplingParams  # noqa: E402
 from csm_core.quality import compare_runs  # noqa: E402
-from optimizer_pipelines import tiny_pipeline  # noqa: E402
+from optimizer_pipelines import text_prompt, tiny_pipeline  # noqa: E402
 from csm_optimizers.selective_precision import teacher_forced_agreement  # noqa: E402
 from csm_optimizers.weight_quantization import BOUNDS  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0, code_limit=2048)  # codes the tiny/small Mimi can decode
-PROMPT_FRAMES = 12
 FRAMES = {"tiny": 4, "small": 2}
 NAME = "weight-quantization"
 
@@ -44,16 +43,6 @@ def pipeline(backend: str, preset: str, cache_dir, bits: int | None = None, **se
         settings.setdefault("optimizers", [NAME])
         settings.setdefault("options", {NAME: {"bits": bits}})
     return tiny_pipeline(*extra, backend=backend, models={"preset": preset}, cache_dir=cache_dir, **settings)
-
-
-def text_prompt(args, frames: int = PROMPT_FRAMES, seed: int = 3):
-    """A text-only prompt [1,T,K+1] of random byte tokens."""
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(1, frames, args.num_codebooks + 1, dtype=torch.long)
-    tokens[..., -1] = torch.randint(0, 256, (1, frames), generator=gen)
-    mask = torch.zeros_like(tokens, dtype=torch.bool)
-    mask[..., -1] = True
-    return tokens, mask
 
 
 @torch.inference_mode()
