@@ -17,21 +17,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from csm_core.cli import EXIT_INTERRUPTED, _fail  # the CLI's one error: line and exit statuses
 from csm_core.errors import CsmError
 
 __all__ = ["add_train_command", "build_options"]
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-
-
-def _one_line(message: str) -> str:
-    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {_one_line(message)}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def build_options(settings, flags: dict):
