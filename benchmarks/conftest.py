@@ -52,7 +52,7 @@ def matrix_runner():
 @pytest.fixture(scope="session")
 def preset_model():
     """(args, our Csm, its text tokenizer) for the benchmark preset, random weights, seed 0."""
-    from csm_pytorch.presets import build_preset
+    from csm_model.presets import build_preset
 
     model, tokenizer = build_preset(BENCH_PRESET, seed=0)
     return model.args, model, tokenizer

@@ -31,7 +31,7 @@ def bench_frame_loop(benchmark, engines, model, prompt) -> None:
 
 
 def test_generate_csm_multi_pytorch(benchmark, preset_model, prompt):
-    from csm_pytorch.model import TorchCsmEngines
+    from csm_pytorch.engines import TorchCsmEngines
 
     _, model, _ = preset_model
     bench_frame_loop(benchmark, TorchCsmEngines(model), model, prompt)

@@ -18,7 +18,7 @@ from benchmarks.conftest import BENCH_BACKENDS, BENCH_OPTIMIZERS, BENCH_PRESETS
 from csm_core.bench.matrix import REFERENCE_BACKEND, parse_matrix
 from csm_core.bench.runner import Output, quality_against, turn_figures
 from csm_core.bench.session import SKIP_ERRORS, CellSession, skip_reason
-from csm_pytorch.presets import PRESETS
+from csm_model.presets import PRESETS
 
 CELLS = parse_matrix(BENCH_BACKENDS, BENCH_OPTIMIZERS, BENCH_PRESETS, PRESETS)
 
@@ -27,7 +27,7 @@ CELLS = parse_matrix(BENCH_BACKENDS, BENCH_OPTIMIZERS, BENCH_PRESETS, PRESETS)
 def test_whole_turn(benchmark, matrix_runner, cell):
     from csm_core.bench.floor import floor_for
     from csm_core.bench.memory import PeakMemory
-    from csm_pytorch.presets import get_preset
+    from csm_model.presets import get_preset
 
     benchmark.group = f"whole-turn {cell.preset}"
     if cell.backend == REFERENCE_BACKEND:

@@ -138,7 +138,7 @@ class CausalLmEngine(Protocol):
 
     Tokens are appended: ``prefill`` and ``step`` write at the next free positions (0 after
     :meth:`reset`) and return the logits of the *last* token given, float32. Decoding (greedy,
-    temperature, top-p) is not the engine's job: :mod:`csm_listen.lm_decoding` drives every engine.
+    temperature, top-p) is not the engine's job: :mod:`csm_core.generation.lm_decoding` drives every engine.
     """
 
     max_positions: int

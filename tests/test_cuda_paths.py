@@ -43,8 +43,9 @@ class ByteTokenizer:
 def test_greedy_codes_on_cuda_match_transformers_on_cuda():
     from transformers import CsmForConditionalGeneration, MimiConfig
 
-    from csm_pytorch import convert
-    from csm_pytorch.model import Csm, CsmArgs, TorchCsmEngines
+    from csm_model import convert
+    from csm_model.model import Csm, CsmArgs
+    from csm_pytorch.engines import TorchCsmEngines
 
     args = CsmArgs(  # the parity tests' tiny config: llama3 RoPE and GQA as in CSM-1B
         text_vocab_size=300, audio_vocab_size=67, num_codebooks=6,
@@ -91,8 +92,8 @@ def test_say_runs_on_cuda_and_reports_it():
 def test_bf16_on_cuda_stays_within_the_stated_bound():
     from csm_core.config import Settings
     from csm_optimizers.selective_precision import teacher_forced_agreement
-    from csm_pytorch.model import TorchCsmEngines
-    from csm_pytorch.sources import load_csm_weights
+    from csm_pytorch.engines import TorchCsmEngines
+    from csm_model.sources import load_csm_weights
 
     def loaded(plan):
         model = load_csm_weights(Settings(models={"preset": "tiny"}, device="cuda", component_precision=plan),

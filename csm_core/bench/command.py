@@ -99,7 +99,7 @@ def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repe
     cells = parse_matrix(backends, optimizers, presets, known_presets=split_names(presets, "--presets"))
     cell_settings(cells[0], options)
     out = check_output_folder(out, "--out")
-    from csm_pytorch.presets import PRESETS  # imports torch
+    from csm_model.presets import PRESETS  # imports torch
 
     cells = parse_matrix(backends, optimizers, presets, PRESETS)
 

@@ -7,7 +7,7 @@ once, so with weights in memory that is not a cache, the time of a frame is at l
     floor seconds per frame = weight bytes read per frame / memory bandwidth (bytes/s)
 
 Bytes read per frame, each part at its own precision (``e`` bytes per element: fp32 4, fp16/bf16 2;
-the precision plan of :func:`csm_pytorch.sources.csm_part_dtypes` runs the transformer layers of the
+the precision plan of :func:`csm_model.sources.csm_part_dtypes` runs the transformer layers of the
 backbone and decoder in their precision and keeps embeddings and heads in float32)::
 
     backbone:   layers x (attention + MLP + 2 norms) + final norm                       at e(backbone)
@@ -74,7 +74,7 @@ def transformer_norm_parameters(layers: int, dim: int) -> int:
 def parameters_read_per_frame(args) -> dict[str, int]:
     """Weights read to generate one frame, by part (see the module docstring).
 
-    ``args`` has :class:`csm_pytorch.model.CsmArgs`' fields.
+    ``args`` has :class:`csm_model.model.CsmArgs`' fields.
     """
     k = args.num_codebooks
     backbone = transformer_parameters(

@@ -21,9 +21,9 @@ class ReferenceSession:
         from transformers import CsmForConditionalGeneration, MimiConfig
 
         from csm_core.generation import build_prompt
-        from csm_pytorch import convert
-        from csm_pytorch.presets import build_preset
-        from csm_pytorch.sources import PRESET_SEED
+        from csm_model import convert
+        from csm_model.presets import build_preset
+        from csm_model.sources import PRESET_SEED
 
         started = time.perf_counter()
         model, tokenizer = build_preset(preset, PRESET_SEED)

@@ -164,7 +164,7 @@ class MatrixRunner:
 
     # -- the pipeline cells ---------------------------------------------------------------------
     def _run_pipeline(self, cell: Cell) -> CellResult:
-        from csm_pytorch.presets import get_preset
+        from csm_model.presets import get_preset
 
         options, key = self.options, (cell.preset, cell.backend)
         if cell.is_baseline:
@@ -227,7 +227,7 @@ class MatrixRunner:
     # -- the reference row ----------------------------------------------------------------------
     def _run_reference(self, cell: Cell) -> CellResult:
         from csm_core.bench.reference import ReferenceSession
-        from csm_pytorch.presets import get_preset
+        from csm_model.presets import get_preset
 
         from csm_core.bench.session import cell_settings
         from csm_core.devices import resolve_device

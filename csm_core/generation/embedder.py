@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from csm_pytorch.model import Csm
+    from csm_model.model import Csm
 
 __all__ = ["FrameEmbedder"]
 
@@ -42,7 +42,7 @@ class FrameEmbedder:
 
     @classmethod
     def from_model(cls, model: Csm) -> FrameEmbedder:
-        """Share the embedding tables of a :class:`csm_pytorch.model.Csm` (no copy)."""
+        """Share the embedding tables of a :class:`csm_model.model.Csm` (no copy)."""
         text, audio = model.text_embeddings.weight.detach(), model.audio_embeddings.weight.detach()
         return cls(text, audio, model.args.num_codebooks)
 

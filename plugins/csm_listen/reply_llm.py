@@ -9,8 +9,8 @@ else a plain ``Role: content`` transcript. The oldest history turns are dropped 
 would not leave ``max_new_tokens`` of room in the LM's cache (``max_positions``).
 
 The model runs as the ``causal_lm`` engine of the stage's backend (``backends.llm``, else ``backend``):
-``pytorch`` (:mod:`csm_listen.lm_torch`) or ``onnxruntime`` (:mod:`csm_onnxruntime.causal_lm`), both
-driven by the same token loop, :func:`csm_listen.lm_decoding.decode_tokens`. A stage built outside a
+``pytorch`` (:mod:`csm_pytorch.causal_lm`) or ``onnxruntime`` (:mod:`csm_onnxruntime.causal_lm`), both
+driven by the same token loop, :func:`csm_core.generation.lm_decoding.decode_tokens`. A stage built outside a
 pipeline, from a context without a backend, uses the PyTorch engine.
 
 Options, config table ``[options.transformers]`` (:class:`TransformersLlmOptions`).
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from csm_core.components import CAUSAL_LM, CausalLm
 from csm_core.errors import BackendUnavailable, ConfigError, CsmError
 from csm_core.stages import Reply, ReplyRequest
-from csm_listen.lm_decoding import LmSampling, decode_tokens
+from csm_core.generation.lm_decoding import LmSampling, decode_tokens
 from csm_listen.reply_format import build_messages, parse_reply, render_plain
 
 DEFAULT_MAX_POSITIONS = 4096

@@ -1,7 +1,7 @@
 """The ``causal_lm`` engine of the onnxruntime backend: the reply LM as one exported graph.
 
-The graph (see :mod:`csm_onnxruntime.lm_export`) is exported on first use into the artifact cache
-(:func:`csm_onnxruntime.artifacts.ensure_artifact`: keyed by the weights hash, component ``causal_lm``,
+The graph (see :mod:`csm_export.lm_export`) is exported on first use into the artifact cache
+(:func:`csm_export.artifacts.ensure_artifact`: keyed by the weights hash, component ``causal_lm``,
 exporter, opset, dtype and cache size; checksummed; a corrupt or stale file is rebuilt with a message)
 and opened with :func:`csm_onnxruntime.session.create_session` (explicit providers, the CUDA check,
 ``[options.onnxruntime]``). It runs with IO binding over two sets of cache buffers (ping-pong): a call
@@ -14,12 +14,12 @@ import torch
 
 from csm_core.components import CausalLm
 from csm_core.records import StageContext
-from csm_listen.lm_torch import TokenSteps, check_max_positions
-from csm_onnxruntime.artifacts import ArtifactSpec, ensure_artifact, weights_hash
+from csm_core.generation.token_steps import TokenSteps, check_max_positions
+from csm_export.artifacts import ArtifactSpec, ensure_artifact, weights_hash
 from csm_onnxruntime.engines import bind_tensor, cache_dir, requested_device
-from csm_onnxruntime.export import EXPORTER, OPSET
-from csm_onnxruntime.graphs import cache_names
-from csm_onnxruntime.lm_export import check_exportable, export_causal_lm, lm_cache_shape, lm_facts
+from csm_export.export import EXPORTER, OPSET
+from csm_export.graphs import cache_names
+from csm_export.lm_export import check_exportable, export_causal_lm, lm_cache_shape, lm_facts
 from csm_onnxruntime.session import SessionOptions, create_session, require_provider
 
 COMPONENT = "causal_lm"

@@ -6,7 +6,7 @@ data pointers are bound directly, so nothing is copied to the host per step. Eac
 
 Precision: the graphs are exported in float32 and typed by the precision plan of their part
 (``backbone`` for the two backbone graphs, ``decoder`` for the decoder graph;
-:func:`csm_onnxruntime.precision.plan_for`) before they are cached, so the plan is part of the cache key.
+:func:`csm_export.precision.plan_for`) before they are cached, so the plan is part of the cache key.
 Inputs (``inputs_embeds``) and outputs (``hidden_states``, ``logits``) stay float32; the KV caches take
 the plan's dtype.
 """
@@ -20,17 +20,17 @@ import torch
 
 from csm_core.errors import CsmError
 from csm_core.records import StageContext
-from csm_onnxruntime.artifacts import ArtifactSpec, ensure_artifact, weights_hash
-from csm_onnxruntime.export import EXPORTER, OPSET, csm_cache_shape, export_csm_part, export_mimi_decoder_step
-from csm_onnxruntime.graphs import cache_names
-from csm_onnxruntime.precision import PrecisionPlan, convert_graph, plan_for
+from csm_export.artifacts import ArtifactSpec, ensure_artifact, weights_hash
+from csm_export.export import EXPORTER, OPSET, csm_cache_shape, export_csm_part, export_mimi_decoder_step
+from csm_export.graphs import cache_names
+from csm_export.precision import PrecisionPlan, convert_graph, plan_for
+from csm_export.specs import CODEC_SAMPLE_RATE, CSM_GRAPHS, csm_spec, graph_part
 from csm_onnxruntime.session import SessionOptions, create_session, require_provider
 
 # Element types for IO binding: numpy types, or ONNX TensorProto numbers where numpy has none (bf16).
 NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bfloat16: 16}
 EXTERNAL_DATA_BYTES = 1_800_000_000  # typed graphs with more weight bytes than this keep them in a .data file
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CODEC_SAMPLE_RATE = 24_000  # CSM's codes are Mimi's, at 24 kHz
 
 
 def cache_dir(context: StageContext) -> Path:
@@ -172,28 +172,6 @@ class OnnxDepthDecoder:
         return self.graphs.run("decoder", x, positions)[0]
 
 
-def graph_part(graph: str) -> str:
-    """The CSM part a graph belongs to: ``decoder`` or ``backbone``."""
-    return "decoder" if graph == "decoder" else "backbone"
-
-
-def csm_spec(model, graph: str, whash: str, batch_size: int, plan: PrecisionPlan = PrecisionPlan()) -> ArtifactSpec:
-    """What a cached CSM graph must be: weights, export settings and precision ``plan`` are in its key."""
-    a = model.args
-    part = graph_part(graph)
-    return ArtifactSpec(
-        component=f"csm_{graph}",
-        weights_hash=whash,
-        export={"exporter": EXPORTER, "opset": OPSET, "batch_size": batch_size, "dtype": "float32",
-                "precision": plan.as_dict()},
-        facts={"sample_rate": CODEC_SAMPLE_RATE, "codebooks": a.num_codebooks,
-               "cache_size": csm_cache_shape(model, part, batch_size)[2]},
-    )
-
-
-CSM_GRAPHS = ("backbone_prefill", "backbone_step", "decoder")
-
-
 class OnnxCsmEngines:
     """The ``csm`` component on onnxruntime: ``.backbone`` and ``.decoder``, exported on first use."""
 
@@ -231,12 +209,12 @@ class OnnxMimi:
     """:class:`~csm_core.components.CodecEngine`: the streaming decoder as an ONNX graph.
 
     ``decode`` runs the step graph over all frames from a fresh state. ``encode`` runs in PyTorch (the
-    encoder does not export, see :mod:`csm_onnxruntime.export`); this is reported once, on first use.
+    encoder does not export, see :mod:`csm_export.export`); this is reported once, on first use.
     """
 
     def __init__(self, mimi, context: StageContext, num_codebooks: int = 32, batch_size: int = 1) -> None:
-        from csm_pytorch.mimi import TorchMimi
-        from csm_pytorch.sources import check_codec_precision
+        from csm_model.mimi import TorchMimi
+        from csm_model.sources import check_codec_precision
 
         check_codec_precision(context.settings, "onnxruntime")
         self.torch = TorchMimi(mimi, num_codebooks)  # validation, encoder and the initial state
@@ -273,7 +251,7 @@ class OnnxMimi:
         return self.torch.init_state(batch_size)
 
     def decode_step(self, codes: torch.Tensor, state):
-        from csm_pytorch.mimi_streaming import MimiDecoderState
+        from csm_model.mimi_streaming import MimiDecoderState
 
         if not isinstance(state, MimiDecoderState):
             raise TypeError(f"state must be a MimiDecoderState from init_state(), got {type(state).__name__}")

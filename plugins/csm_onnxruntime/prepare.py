@@ -6,8 +6,9 @@ from csm_core.records import StageContext
 
 
 def prepare_all(context: StageContext, progress) -> list:
-    from csm_onnxruntime.engines import CSM_GRAPHS, OnnxCsmEngines, OnnxMimi
-    from csm_pytorch.sources import load_csm_weights, load_mimi_model
+    from csm_export.specs import CSM_GRAPHS
+    from csm_onnxruntime.engines import OnnxCsmEngines, OnnxMimi
+    from csm_model.sources import load_csm_weights, load_mimi_model
 
     total = len(CSM_GRAPHS) + 1
     progress("loading CSM weights", 0, total)

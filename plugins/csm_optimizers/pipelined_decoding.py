@@ -1,7 +1,7 @@
 """The ``pipelined-decoding`` optimizer: frame t+1 is generated while frame t is decoded to audio.
 
 What it changes: only ``options.csm.pipelined_decoding``, set to true through ``configure``. The work
-lives in the ``csm`` TTS stage (:mod:`csm_pytorch.pipelined_decoding`): the frame loop runs on a
+lives in the ``csm`` TTS stage (:mod:`csm_model.pipelined_decoding`): the frame loop runs on a
 producer thread, a small queue ahead of the Mimi decoding on the caller's thread (on CUDA, decoding
 runs on its own stream that waits for each frame's event).
 

@@ -4,8 +4,8 @@
 ``[options.selective-precision] dtype`` (``bf16`` default, or ``fp16``). The backends carry it out: the
 PyTorch backend casts the backbone's and depth decoder's transformer layers (and their KV caches) and
 keeps the embeddings, ``codebook0_head``, ``projection``, ``audio_head`` (logits), sampling and Mimi in
-float32 (:meth:`csm_pytorch.model.Csm.set_part_dtypes`); ONNX Runtime writes the same plan into the
-backbone/decoder graphs (:mod:`csm_onnxruntime.precision`: reduced initializers and KV caches; norms,
+float32 (:meth:`csm_model.model.Csm.set_part_dtypes`); ONNX Runtime writes the same plan into the
+backbone/decoder graphs (:mod:`csm_export.precision`: reduced initializers and KV caches; norms,
 softmax and logits kept float32). A dtype the device cannot run (bf16 on CUDA below compute capability
 8.0) is an error unless ``allow_fallback``.
 

@@ -6,7 +6,7 @@ in ``[options.weight-quantization] parts``) to ``{bits, block_size}``; the backe
 - ``pytorch`` (CPU): :mod:`csm_pytorch.quantization` replaces the attention and MLP ``nn.Linear`` modules
   of the transformer layers: 8 bits with PyTorch's dynamic int8 linear (fbgemm, per-channel scales),
   4 bits with ``torch._weight_int4pack_mm_for_cpu`` (bf16 scales per block);
-- ``onnxruntime``: :mod:`csm_onnxruntime.quantization` writes ``MatMulNBits`` nodes (8 or 4 bits,
+- ``onnxruntime``: :mod:`csm_export.quantization` writes ``MatMulNBits`` nodes (8 or 4 bits,
   symmetric, one scale per block, ``accuracy_level`` 4) into the backbone and decoder graphs; the plan
   is part of the graph cache key.
 

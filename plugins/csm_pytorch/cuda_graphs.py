@@ -11,7 +11,7 @@ removes the per-kernel launch cost. Only calls whose shapes never change are cap
   as one graph instead of 31 (the core's :func:`~csm_core.generation.frames.decode_frame` is what is
   captured, so the codes are the step-by-step codes). Sampling with a generator stays per step.
 
-The prefill (T varies with the prompt) stays eager. This works because :class:`csm_pytorch.model.Csm`
+The prefill (T varies with the prompt) stays eager. This works because :class:`csm_model.model.Csm`
 keeps static KV caches written by position and attends over the whole cache under a gathered mask: a
 step has no data-dependent shapes, and the caches live at fixed addresses.
 
@@ -31,7 +31,8 @@ from csm_core.errors import CsmError
 from csm_core.generation.embedder import FrameEmbedder
 from csm_core.generation.frames import decode_frame
 from csm_core.generation.sampling import SamplingParams
-from csm_pytorch.model import Csm, TorchBackbone, TorchCsmEngines, TorchDepthDecoder
+from csm_model.model import Csm
+from csm_pytorch.engines import TorchBackbone, TorchCsmEngines, TorchDepthDecoder
 
 __all__ = ["StaticStep", "GraphedBackbone", "GraphedDepthDecoder", "GraphedFrame", "cuda_graph_engines",
            "check_cuda_graph_device"]

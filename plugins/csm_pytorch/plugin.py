@@ -1,4 +1,4 @@
-"""Hooks of the in-tree PyTorch plugin: the ``pytorch`` backend, the ``csm`` TTS and ``mimi`` tokenizer.
+"""Hooks of the in-tree PyTorch plugin: the ``pytorch`` backend (eager engines for csm, codec, causal_lm).
 
 Nothing here imports torch: the factories import the modules that do when a pipeline builds them.
 """
@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from csm_core import hookimpl
 from csm_core.config import plugin_options
 from csm_core.errors import BackendUnavailable
-from csm_core.records import Backend, StageImpl
+from csm_core.records import Backend
 
 
 class PytorchOptions(BaseModel):
@@ -22,16 +22,6 @@ class PytorchOptions(BaseModel):
 
     cuda_graphs: bool = Field(
         False, description="capture the backbone step and depth-decoder steps as CUDA graphs (CUDA devices only)"
-    )
-
-
-class CsmOptions(BaseModel):
-    """``[options.csm]``: how the ``csm`` TTS stage runs its frame loop (on any backend)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pipelined_decoding: bool = Field(
-        False, description="generate frame t+1 on a thread while frame t is decoded to audio (identical output)"
     )
 
 
@@ -53,34 +43,22 @@ def _csm_engines(model, context):
         from csm_pytorch.cuda_graphs import cuda_graph_engines
 
         return cuda_graph_engines(model, capture=True)
-    from csm_pytorch.model import TorchCsmEngines
+    from csm_pytorch.engines import TorchCsmEngines
 
     return TorchCsmEngines(model)
 
 
 def _codec_engine(model, context):
-    from csm_pytorch.mimi import TorchMimi
-    from csm_pytorch.sources import check_codec_precision
+    from csm_model.mimi import TorchMimi
+    from csm_model.sources import check_codec_precision
 
     check_codec_precision(context.settings, "pytorch")
 
     return TorchMimi(model)
 
 
-def _csm_speaker(context):
-    from csm_pytorch.tts_stage import CsmSpeaker
-
-    return CsmSpeaker(context)
-
-
-def _mimi_tokenizer(context):
-    from csm_pytorch.tokenizer_stage import MimiTokenizer
-
-    return MimiTokenizer(context)
-
-
 def _causal_lm_engine(component, context):
-    from csm_listen.lm_torch import TorchCausalLm
+    from csm_pytorch.causal_lm import TorchCausalLm
 
     return TorchCausalLm(component)
 
@@ -94,29 +72,5 @@ def register_backends(register):
             check=check_torch,
             description="eager PyTorch with static KV caches",
             devices=("cpu", "cuda"),
-        )
-    )
-
-
-@hookimpl
-def register_tts(register):
-    register(
-        StageImpl(
-            name="csm",
-            factory=_csm_speaker,
-            description="Sesame CSM: text + conversation context -> speech, streamed frame by frame",
-            components=("csm", "codec"),
-        )
-    )
-
-
-@hookimpl
-def register_tokenizers(register):
-    register(
-        StageImpl(
-            name="mimi",
-            factory=_mimi_tokenizer,
-            description="Kyutai Mimi: 24 kHz speech <-> 32 codebooks at 12.5 frames/s",
-            components=("codec",),
         )
     )

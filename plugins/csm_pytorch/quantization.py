@@ -124,7 +124,7 @@ def quantize_part(transformer: nn.Module, bits: int, block_size: int, where: str
 
 
 def apply_weight_quantization(model, settings, report: Callable[[str], None] | None = None) -> dict[str, int]:
-    """Quantize the transformer linear layers of ``model`` (a :class:`csm_pytorch.model.Csm`) in place, per
+    """Quantize the transformer linear layers of ``model`` (a :class:`csm_model.model.Csm`) in place, per
     ``settings.weight_quantization``; ``{part: layers quantized}`` (empty when nothing is asked for).
 
     Everything is checked before anything changes; ``report`` is told what was done.

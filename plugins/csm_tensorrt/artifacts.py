@@ -1,6 +1,6 @@
 """From a PyTorch module to cached TensorRT engines: ONNX graph -> precision plan -> engine.
 
-The ONNX graphs are the ONNX Runtime backend's (:mod:`csm_onnxruntime.export`, cached under
+The ONNX graphs are the ONNX Runtime backend's (:mod:`csm_export.export`, cached under
 ``<cache_dir>/onnx``) with the very specs ONNX Runtime uses (:func:`csm_graph_specs`,
 :func:`mimi_graph_spec`: same component names, exporter, opset, batch size 1, cache sizes and dtype), so
 a graph exported by either backend is found by the other. Graphs are exported in float32 and the
@@ -8,7 +8,7 @@ TensorRT precision plan lowers them (:mod:`csm_tensorrt.precision`); the precisi
 the engines go under ``<cache_dir>/tensorrt``.
 
 Every file here is verified when it is loaded: the graphs, typed graphs included, are
-:func:`csm_onnxruntime.artifacts.ensure_artifact` artifacts (checksum file, metadata, key), the engines and
+:func:`csm_export.artifacts.ensure_artifact` artifacts (checksum file, metadata, key), the engines and
 timing caches have checksum files (:mod:`csm_tensorrt.engine_cache`). An engine's key names its graph by
 the graph's verified checksum, so no graph is hashed twice for one load.
 """
@@ -38,8 +38,8 @@ def _fp32(module):
 
 def csm_graph_specs(model) -> dict:
     """{graph: ArtifactSpec} of the CSM graphs for a float32 :class:`Csm`, exactly as ONNX Runtime keys them."""
-    from csm_onnxruntime.artifacts import weights_hash
-    from csm_onnxruntime.engines import csm_spec
+    from csm_export.artifacts import weights_hash
+    from csm_export.specs import csm_spec
 
     whash = weights_hash(model)
     return {graph: csm_spec(model, graph, whash, 1) for graph in (P.BACKBONE_PREFILL, P.BACKBONE_STEP, P.DECODER_STEP)}
@@ -47,15 +47,15 @@ def csm_graph_specs(model) -> dict:
 
 def mimi_graph_spec(mimi, num_codebooks: int):
     """The ArtifactSpec of the Mimi decoder-step graph, exactly as ONNX Runtime keys it."""
-    from csm_onnxruntime.artifacts import mimi_decoder_spec
+    from csm_export.artifacts import mimi_decoder_spec
 
     return mimi_decoder_spec(mimi, num_codebooks, 1)
 
 
 def onnx_artifact(context, spec, build: Callable[[Path], None]):
-    """The verified cached ONNX graph for ``spec`` (an :class:`~csm_onnxruntime.artifacts.Artifact`,
+    """The verified cached ONNX graph for ``spec`` (an :class:`~csm_export.artifacts.Artifact`,
     shared with the ONNX Runtime backend), exported when missing or damaged."""
-    from csm_onnxruntime.artifacts import ensure_artifact
+    from csm_export.artifacts import ensure_artifact
 
     return ensure_artifact(context.settings.resolved_cache_dir() / "onnx", spec, build, context.report)
 
@@ -68,7 +68,7 @@ def onnx_graph(context, spec, build: Callable[[Path], None]) -> Path:
 def typed_spec(spec, source_sha256: str, plan: PrecisionPlan):
     """The ArtifactSpec of ``spec``'s graph typed by ``plan``: the plan and the source graph's checksum
     are in its key, so another plan or another source graph never finds it."""
-    from csm_onnxruntime.artifacts import ArtifactSpec
+    from csm_export.artifacts import ArtifactSpec
 
     export = dict(spec.export, precision=plan.as_dict(), source_sha256=source_sha256)
     return ArtifactSpec(spec.component, spec.weights_hash, export, dict(spec.facts))
@@ -82,7 +82,7 @@ def typed_graph(source, spec, plan: PrecisionPlan, directory: Path, report: Call
     """
     if plan.dtype == "fp32":
         return source
-    from csm_onnxruntime.artifacts import ensure_artifact
+    from csm_export.artifacts import ensure_artifact
 
     def build(staged: Path) -> None:
         import onnx
@@ -134,10 +134,10 @@ def engine_for(context, component: str, source, spec, plan: PrecisionPlan, optio
 
 
 def csm_engines(model, context, progress: Progress | None = None):
-    """:class:`TrtCsmEngines` for a :class:`csm_pytorch.model.Csm` (exports and builds what is missing)."""
+    """:class:`TrtCsmEngines` for a :class:`csm_model.model.Csm` (exports and builds what is missing)."""
     import torch
 
-    from csm_onnxruntime.export import export_csm_part
+    from csm_export.export import export_csm_part
 
     from .engines import TrtBackbone, TrtCsmEngines, TrtDepthDecoder
     from .runtime import TrtRunner
@@ -165,13 +165,13 @@ def csm_engines(model, context, progress: Progress | None = None):
 def codec_engine(mimi, context, progress: Progress | None = None, num_codebooks: int = 32):
     """:class:`TrtMimi` for a transformers ``MimiModel``.
 
-    The decoder step is a TensorRT engine. The encoder is one too once :mod:`csm_onnxruntime.export`
+    The decoder step is a TensorRT engine. The encoder is one too once :mod:`csm_export.export`
     can export it (``export_mimi_encoder``); until then encoding runs in PyTorch, as on ONNX Runtime,
     and that is reported on first use.
     """
     import torch
 
-    from csm_onnxruntime import export
+    from csm_export import export
 
     from .engines import TrtMimi
     from .runtime import TrtRunner
@@ -185,7 +185,7 @@ def codec_engine(mimi, context, progress: Progress | None = None, num_codebooks:
     builders = {P.MIMI_DECODER_STEP: lambda tmp: export.export_mimi_decoder_step(mimi, num_codebooks, tmp, 1)}
     export_encoder = getattr(export, "export_mimi_encoder", None)
     if export_encoder is not None:
-        from csm_onnxruntime.artifacts import ArtifactSpec
+        from csm_export.artifacts import ArtifactSpec
 
         decoder_spec = specs[P.MIMI_DECODER_STEP]
         specs[P.MIMI_ENCODER] = ArtifactSpec(P.MIMI_ENCODER, decoder_spec.weights_hash, decoder_spec.export, decoder_spec.facts)
@@ -211,7 +211,7 @@ class TorchEncodingMimi:
     encoder engine), encoding in PyTorch (the Mimi encoder does not export to ONNX yet; reported once)."""
 
     def __init__(self, decoding, mimi_model, num_codebooks: int, report: Callable[[str], None]) -> None:
-        from csm_pytorch.mimi import TorchMimi
+        from csm_model.mimi import TorchMimi
 
         self._decoding, self._torch = decoding, TorchMimi(mimi_model, num_codebooks)
         self._report, self._reported = report, False

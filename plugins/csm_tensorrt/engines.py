@@ -1,7 +1,7 @@
 """TensorRT engines behind the :mod:`csm_core.components` interfaces.
 
 The shared generation loop drives these exactly as it drives the PyTorch and ONNX Runtime engines.
-Graph I/O follows :mod:`csm_onnxruntime.graphs`: caches go in as ``past_key_values.{i}.key/value``
+Graph I/O follows :mod:`csm_export.graphs`: caches go in as ``past_key_values.{i}.key/value``
 and come out as ``present.{i}.key/value`` (static length), the Mimi decoder state as
 ``state.<name>`` / ``new_state.<name>``. Caches stay on the GPU in :class:`KvPingPong` buffers.
 """
@@ -100,7 +100,7 @@ class TrtCsmEngines:
 class TrtMimi:
     """:class:`~csm_core.components.CodecEngine` over a Mimi encoder engine and a decoder-step engine.
 
-    ``init_state`` comes from the PyTorch streaming decoder (:mod:`csm_pytorch.mimi_streaming`) so
+    ``init_state`` comes from the PyTorch streaming decoder (:mod:`csm_model.mimi_streaming`) so
     the state layout is the one the graph was exported with; ``decode`` streams in chunks of at most
     ``max_decode_frames`` frames.
     """
@@ -124,7 +124,7 @@ class TrtMimi:
         return self.encoder.run({"pcm": pcm})["codes"].to(torch.int64)
 
     def init_state(self, batch_size: int = 1):
-        from csm_pytorch.mimi_streaming import MimiStreamingDecoder
+        from csm_model.mimi_streaming import MimiStreamingDecoder
 
         state = MimiStreamingDecoder(self._mimi).init_state(batch_size)
         return type(state).from_tensors({n: t.to(self.decoder_step.device) for n, t in state.tensors().items()})

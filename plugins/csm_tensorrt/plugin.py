@@ -50,7 +50,7 @@ def _codec_engine(model, context):
 def _prepare(context, progress):
     """Export the ONNX graphs and build every engine for the configured models (``csmctl export``)."""
     check_tensorrt()
-    from csm_pytorch.sources import load_csm_weights, load_mimi_model
+    from csm_model.sources import load_csm_weights, load_mimi_model
 
     from .artifacts import codec_engine, csm_engines
 

@@ -1,4 +1,4 @@
-"""Precision plans for TensorRT: the graph pass of :mod:`csm_onnxruntime.precision`, re-exported.
+"""Precision plans for TensorRT: the graph pass of :mod:`csm_export.precision`, re-exported.
 
 TensorRT 11 networks are strongly typed (built with ``STRONGLY_TYPED`` on 10.x too), so fp16/bf16 is
 written into the ONNX graph before TensorRT sees it; the same pass serves the ONNX Runtime backend,
@@ -7,7 +7,7 @@ which is why it lives there (ONNX Runtime must not depend on TensorRT).
 
 from __future__ import annotations
 
-from csm_onnxruntime.precision import (
+from csm_export.precision import (
     DEFAULT_FP32_OPS,
     DEFAULT_LOW_IO_PREFIXES,
     FLOAT_TYPES,

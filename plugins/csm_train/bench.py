@@ -40,7 +40,7 @@ def measure(preset: str, ratio: float, steps: int, batch: int, seconds: float, l
 def _measure(preset: str, ratio: float, steps: int, batch: int, seconds: float, lora: bool, device: str) -> dict:
     import torch
 
-    from csm_pytorch.presets import build_preset
+    from csm_model.presets import build_preset
 
     from .batch import collate
     from .lora import add_lora, trainable_parameters

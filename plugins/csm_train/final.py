@@ -1,7 +1,7 @@
 """The result of a run: ``OUTPUT_DIR/final/``, a CSM checkpoint in the transformers layout.
 
 It holds the trained weights (LoRA adapters merged), the text tokenizer and the Mimi codec the clips
-were encoded with, written by :func:`csm_pytorch.presets.write_transformers_layout` (the writer of
+were encoded with, written by :func:`csm_model.presets.write_transformers_layout` (the writer of
 ``save_preset``), so ``csmctl say -w OUTPUT_DIR/final`` speaks with it on every backend: the codec is
 found inside the checkpoint. ``training.json`` beside it says where it came from. The folder is
 written under a temporary name and renamed into place, replacing an earlier result only when complete.
@@ -14,8 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from csm_pytorch.model import Csm
-from csm_pytorch.presets import write_transformers_layout
+from csm_model.model import Csm
+from csm_model.presets import write_transformers_layout
 
 __all__ = ["FINAL", "save_final"]
 

@@ -1,6 +1,6 @@
 """CSM's forward pass for training: whole sequences at once, no KV cache, gradients everywhere.
 
-The inference path of :class:`csm_pytorch.model.Csm` writes keys and values into static caches one
+The inference path of :class:`csm_model.model.Csm` writes keys and values into static caches one
 call at a time; training instead runs every position of a batch in one causal pass. This module runs
 the *same modules* (norms, projections, MLPs, heads, embedding tables: LoRA wrappers included) with
 the same arithmetic, so a trained model speaks through every backend unchanged:
@@ -8,7 +8,7 @@ the same arithmetic, so a trained model speaks through every backend unchanged:
 - a frame's embedding is the sum of its present tokens' embeddings (code ``x`` of codebook ``c`` is row
   ``c * V + x`` of the audio table), as in :class:`csm_core.generation.FrameEmbedder`;
 - each transformer is pre-norm Llama with rotate-half RoPE at positions ``0..T-1`` (the same
-  frequencies as :func:`csm_pytorch.model.rope_inverse_frequencies`) and causal grouped-query
+  frequencies as :func:`csm_model.model.rope_inverse_frequencies`) and causal grouped-query
   attention; right-padding is harmless because no real position attends to a later one;
 - the depth decoder sees, for one frame, ``[backbone hidden of the previous position, code 0, ...,
   code K-2]`` at positions ``0..K-1`` and predicts codebook ``p`` at position ``p`` with
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from csm_pytorch.model import Csm, Transformer, apply_rope, rope_inverse_frequencies
+from csm_model.model import Csm, Transformer, apply_rope, rope_inverse_frequencies
 
 __all__ = ["embed_frames", "run_transformer", "backbone_hidden", "decoder_logits"]
 
@@ -67,7 +67,7 @@ def _block(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 def run_transformer(part: Transformer, x: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
     """``x`` [B,T,dim] at positions ``0..T-1`` -> normed hidden states [B,T,dim], causally.
 
-    Like :meth:`csm_pytorch.model.Transformer.forward`, the part computes in its own weights' dtype
+    Like :meth:`csm_model.model.Transformer.forward`, the part computes in its own weights' dtype
     and returns the input's dtype.
     """
     out_dtype = x.dtype

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from csm_core.errors import CsmError
-from csm_pytorch.model import Csm
+from csm_model.model import Csm
 
 __all__ = ["add_lora", "merge_lora", "trainable_parameters"]
 

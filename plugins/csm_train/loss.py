@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from csm_pytorch.model import Csm
+from csm_model.model import Csm
 
 from .batch import Batch
 from .forward import backbone_hidden, decoder_logits

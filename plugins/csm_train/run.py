@@ -1,10 +1,10 @@
 """A whole ``csmctl train`` run from settings: model, tokenizers, data, trainer.
 
 The CSM comes from the core settings' model source (``models.preset`` or ``models.model_path``, as
-for ``csmctl say``) through :func:`csm_pytorch.sources.load_csm_weights`, in float32 whatever the
+for ``csmctl say``) through :func:`csm_model.sources.load_csm_weights`, in float32 whatever the
 config's inference precision (autocast does the reduced-precision arithmetic). Audio is encoded by
 the pipeline's ``tokenizer`` stage, so any backend's codec works; the Mimi model saved with the
-result is the one :func:`csm_pytorch.sources.load_mimi_model` gives for the same settings (the one
+result is the one :func:`csm_model.sources.load_mimi_model` gives for the same settings (the one
 the tokenizer stage encodes with on the pytorch backend).
 
 ``OUTPUT_DIR/data_report.json`` lists every row used or skipped (with why). Under ``torchrun`` only
@@ -72,7 +72,7 @@ def train(
 
     ``on_data`` is called (on rank 0) with the prepared data before training starts.
     """
-    from csm_pytorch.sources import load_csm_weights, load_mimi_model
+    from csm_model.sources import load_csm_weights, load_mimi_model
 
     device = resolve_device(settings.device, settings.allow_fallback, report)
     dist = setup(device)

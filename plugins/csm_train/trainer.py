@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from csm_core.errors import CsmError
-from csm_pytorch.model import Csm
+from csm_model.model import Csm
 
 from .batch import Batch, collate
 from .checkpoint import ResumeError, latest_checkpoint, load_checkpoint, save_checkpoint

@@ -38,8 +38,8 @@ def test_floor_of_a_config_counted_by_hand():
 
 def test_floor_counts_the_weights_the_model_has():
     torch = pytest.importorskip("torch")
-    from csm_pytorch.model import Csm
-    from csm_pytorch.presets import get_preset
+    from csm_model.model import Csm
+    from csm_model.presets import get_preset
 
     args = get_preset("tiny").args
     with torch.device("meta"):

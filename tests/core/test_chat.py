@@ -34,7 +34,7 @@ def settings(cache, **extra) -> Settings:
 
 
 def plugins() -> Plugins:
-    return Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,listen"})
+    return Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,listen"})
 
 
 @pytest.mark.slow  # two turns through the tiny LLM and CSM (~20 s on 2 busy cores)

@@ -20,7 +20,8 @@ from csm_core.generation import (  # noqa: E402
     generate_codes,
     generate_frames,
 )
-from csm_pytorch.model import CsmArgs, TorchCsmEngines, random_csm  # noqa: E402
+from csm_model.model import CsmArgs, random_csm  # noqa: E402
+from csm_pytorch.engines import TorchCsmEngines  # noqa: E402
 
 ARGS = CsmArgs(
     text_vocab_size=300, audio_vocab_size=37, num_codebooks=4,

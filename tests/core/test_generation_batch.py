@@ -16,7 +16,8 @@ from csm_core.generation.embedder import FrameEmbedder  # noqa: E402
 from csm_core.generation.frames import generate_codes, generate_frames  # noqa: E402
 from csm_core.generation.prompt import Segment, build_prompt  # noqa: E402
 from csm_core.generation.sampling import SamplingParams  # noqa: E402
-from csm_pytorch.model import CsmArgs, TorchCsmEngines, random_csm  # noqa: E402
+from csm_model.model import CsmArgs, random_csm  # noqa: E402
+from csm_pytorch.engines import TorchCsmEngines  # noqa: E402
 
 ARGS = CsmArgs(
     text_vocab_size=300, audio_vocab_size=37, num_codebooks=4,

@@ -45,7 +45,7 @@ def tiny_pipeline():
     The profile cache is on disk and keyed by settings, not by pipeline: a second pipeline would read
     the same entries (see test_second_pipeline_reads_the_cache)."""
     counter = CountingTokenizer()
-    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch"})
+    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch"})
     plugins.register(counter, name="counting-tokenizer")
     with Pipeline(Settings(device="cpu", models={"preset": "tiny"}), plugins) as pipeline:
         yield pipeline, counter
@@ -95,7 +95,7 @@ def test_second_pipeline_reads_the_cache(tmp_path, clip, run_profile):
     settings = make_settings(tmp_path / "cache", clip)
     first, _, _ = run_profile(settings)
     counter = CountingTokenizer()
-    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch"})
+    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch"})
     plugins.register(counter, name="counting-tokenizer")
     with Pipeline(settings, plugins) as fresh:  # a new process, say: nothing shared but the cache dir
         segment = profile_segment(settings, tokenizer_encoder(fresh))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import csm_listen.plugin as listen_plugin
+import csm_model.plugin as model_plugin
 import csm_pytorch.plugin as torch_plugin
 from csm_core import hookimpl
 from csm_core.config import Settings
@@ -20,8 +21,8 @@ from csm_core.plugins import Plugins
 from csm_core.records import Backend, StageContext
 from csm_core.registry import Registry
 from csm_core.stages import ReplyRequest
-from csm_listen.lm_decoding import decode_tokens
-from csm_listen.lm_torch import TorchCausalLm
+from csm_core.generation.lm_decoding import decode_tokens
+from csm_pytorch.causal_lm import TorchCausalLm
 from csm_listen.reply_llm import TransformersReplyModel
 from csm_listen.tiny_models import write_tiny_chat_lm
 
@@ -43,6 +44,7 @@ def chat_dir(tmp_path_factory):
 
 def plugins(*extra) -> Plugins:
     p = Plugins()
+    p.register(model_plugin, name="model")
     p.register(torch_plugin, name="pytorch")
     p.register(listen_plugin, name="listen")
     for i, plugin in enumerate(extra):

@@ -12,7 +12,7 @@ from csm_core.plugins import Plugins
 
 
 def pipeline(**settings) -> Pipeline:
-    return Pipeline(Settings(**settings), Plugins.from_environment({"CSM_LOAD_PLUGINS": "listen,pytorch"}))
+    return Pipeline(Settings(**settings), Plugins.from_environment({"CSM_LOAD_PLUGINS": "listen,model,pytorch"}))
 
 
 @pytest.mark.espeak

@@ -20,13 +20,13 @@ class PresetModels:
     @cache
     def csm(self, preset: str):
         """(Csm, text tokenizer)."""
-        from csm_pytorch.presets import build_preset
+        from csm_model.presets import build_preset
 
         return build_preset(preset, 0)
 
     @cache
     def mimi(self, preset: str):
-        from csm_pytorch.mimi import random_mimi
+        from csm_model.mimi import random_mimi
 
         return random_mimi(preset, 0)
 

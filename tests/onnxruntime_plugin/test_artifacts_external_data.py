@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from csm_onnxruntime.artifacts import (  # noqa: E402
+from csm_export.artifacts import (  # noqa: E402
     ArtifactSpec,
     ensure_artifact,
     external_locations,

@@ -25,12 +25,14 @@ def test_check_passes_here_and_backend_is_registered():
 
 def test_pipeline_speaks_on_onnxruntime(onnx_cache):
     import csm_onnxruntime.plugin as ort_plugin
+    import csm_model.plugin as model_plugin
     import csm_pytorch.plugin as torch_plugin
     from csm_core.config import Settings
     from csm_core.pipeline import Pipeline
     from csm_core.plugins import Plugins
 
     plugins = Plugins()
+    plugins.register(model_plugin, name="model")
     plugins.register(torch_plugin, name="pytorch")
     plugins.register(ort_plugin, name="onnxruntime")
     settings = Settings(backend="onnxruntime", device="cpu", models={"preset": "tiny"}, cache_dir=onnx_cache,
@@ -63,9 +65,9 @@ def test_second_load_reuses_the_cached_graphs(ort_mimi, tiny_mimi, onnx_cache):
 
 
 def _spec_and_build(tiny_csm):
-    from csm_onnxruntime.artifacts import weights_hash
-    from csm_onnxruntime.engines import csm_spec
-    from csm_onnxruntime.export import export_csm_part
+    from csm_export.artifacts import weights_hash
+    from csm_export.specs import csm_spec
+    from csm_export.export import export_csm_part
 
     model = tiny_csm[0]
     spec = csm_spec(model, "decoder", weights_hash(model), 1)
@@ -79,7 +81,7 @@ def _spec_and_build(tiny_csm):
 
 
 def test_corrupted_and_foreign_version_files_are_rebuilt_with_a_message(tmp_path, tiny_csm):
-    from csm_onnxruntime.artifacts import ensure_artifact, problem_with
+    from csm_export.artifacts import ensure_artifact, problem_with
 
     spec, build, calls = _spec_and_build(tiny_csm)
     messages: list[str] = []
@@ -97,7 +99,7 @@ def test_corrupted_and_foreign_version_files_are_rebuilt_with_a_message(tmp_path
         if prop.key == "csm_multi.project_version":
             prop.value = "0.0.1"
     onnx.save_model(model, str(again.path))
-    from csm_onnxruntime.artifacts import file_sha256
+    from csm_export.artifacts import file_sha256
 
     (tmp_path / (again.path.name + ".sha256")).write_text(file_sha256(again.path))
     assert "project_version" in problem_with(again.path, spec)
@@ -107,7 +109,7 @@ def test_corrupted_and_foreign_version_files_are_rebuilt_with_a_message(tmp_path
 
 
 def test_interrupted_export_leaves_no_loadable_file(tmp_path, tiny_csm):
-    from csm_onnxruntime.artifacts import ensure_artifact
+    from csm_export.artifacts import ensure_artifact
 
     spec, build, _ = _spec_and_build(tiny_csm)
 
@@ -147,12 +149,14 @@ def test_cuda_without_provider_names_available_providers_or_falls_back(ort_csm, 
 
 def test_pipeline_fallback_is_in_the_turn_events(onnx_cache):
     import csm_onnxruntime.plugin as ort_plugin
+    import csm_model.plugin as model_plugin
     import csm_pytorch.plugin as torch_plugin
     from csm_core.config import Settings
     from csm_core.pipeline import Pipeline
     from csm_core.plugins import Plugins
 
     plugins = Plugins()
+    plugins.register(model_plugin, name="model")
     plugins.register(torch_plugin, name="pytorch")
     plugins.register(ort_plugin, name="onnxruntime")
     settings = Settings(backend="onnxruntime", device="cuda", allow_fallback=True, models={"preset": "tiny"},

@@ -58,7 +58,7 @@ def speak(cache_dir: Path, voice: Path):
         voice={"audio": str(voice), "text": "A reference clip."},
         generation={"max_new_frames": 4, "temperature": 0, "seed": 0},
     )
-    with Pipeline(settings, plugins=Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,onnxruntime"})) as pipeline:
+    with Pipeline(settings, plugins=Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,onnxruntime"})) as pipeline:
         turn = pipeline.speak("Every cache is checked.")
     return turn.reply_codes, turn.audio.samples, list(turn.metrics.events)
 
@@ -194,7 +194,7 @@ def test_csmctl_export_repairs_damaged_graphs(clean, cache_copy):
     damaged_graph = graphs(cache_copy)[0]
     damage(damaged_graph, "checksum-wrong")
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "300", "CSM_CACHE_DIR": str(cache_copy),
-           "CSM_LOAD_PLUGINS": "pytorch,onnxruntime"}
+           "CSM_LOAD_PLUGINS": "model,pytorch,onnxruntime"}
     result = subprocess.run([CSMCTL, "export", "--preset", "tiny", "--device", "cpu"],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -215,7 +215,7 @@ def toy_spec_and_build():
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from csm_onnxruntime.artifacts import ArtifactSpec
+    from csm_export.artifacts import ArtifactSpec
 
     weights = np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32)
 
@@ -234,7 +234,7 @@ def toy_spec_and_build():
 
 def toy_output(directory: Path, events: list) -> np.ndarray:
     """Open the toy artifact as the engines do (verified graph, then a session over its optimized graph)."""
-    from csm_onnxruntime.artifacts import ensure_artifact
+    from csm_export.artifacts import ensure_artifact
     from csm_onnxruntime.session import SessionOptions, create_session
 
     spec, build = toy_spec_and_build()

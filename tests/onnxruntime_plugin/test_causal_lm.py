@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from csm_core.components import CausalLm, CausalLmEngine
-from csm_listen.lm_decoding import LmSampling, decode_tokens
-from csm_listen.lm_torch import TorchCausalLm
+from csm_core.generation.lm_decoding import LmSampling, decode_tokens
+from csm_pytorch.causal_lm import TorchCausalLm
 
 pytestmark = pytest.mark.slow  # exports two tiny LM graphs (~15 s each on 2 cores)
 
@@ -91,6 +91,7 @@ def test_the_cached_graph_is_reused_and_a_corrupt_one_rebuilt(lm, ort_lm, tmp_pa
 def test_the_llm_stage_runs_on_onnxruntime_with_the_same_answer(onnx_cache):
     import csm_listen.plugin as listen_plugin
     import csm_onnxruntime.plugin as ort_plugin
+    import csm_model.plugin as model_plugin
     import csm_pytorch.plugin as torch_plugin
     from csm_core.config import Settings
     from csm_core.pipeline import Pipeline
@@ -99,7 +100,7 @@ def test_the_llm_stage_runs_on_onnxruntime_with_the_same_answer(onnx_cache):
     from csm_onnxruntime.causal_lm import OnnxCausalLm
 
     plugins = Plugins()
-    for module, name in ((torch_plugin, "pytorch"), (ort_plugin, "onnxruntime"), (listen_plugin, "listen")):
+    for module, name in ((model_plugin, "model"), (torch_plugin, "pytorch"), (ort_plugin, "onnxruntime"), (listen_plugin, "listen")):
         plugins.register(module, name=name)
 
     def stage(backend: str):

@@ -1,4 +1,4 @@
-"""The static-cache LM graph (:mod:`csm_onnxruntime.lm_export`) run eagerly in PyTorch, before export.
+"""The static-cache LM graph (:mod:`csm_export.lm_export`) run eagerly in PyTorch, before export.
 
 Each supported family (Llama, Qwen2 with q/k/v biases, Qwen3 with per-head q/k norms) is checked
 against transformers' own full-sequence ``forward`` of the same random model: prefill a prefix, then
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from csm_core.components import CausalLm
-from csm_onnxruntime.lm_export import CausalLmGraph, UnsupportedLm, check_exportable, lm_cache_shape
+from csm_export.lm_export import CausalLmGraph, UnsupportedLm, check_exportable, lm_cache_shape
 
 SIZES = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3)

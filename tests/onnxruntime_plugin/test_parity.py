@@ -40,7 +40,7 @@ def mimi_pair(preset_models, preset):
 
 
 def torch_engines(model):
-    from csm_pytorch.model import TorchCsmEngines
+    from csm_pytorch.engines import TorchCsmEngines
 
     return TorchCsmEngines(copy.deepcopy(model))
 
@@ -101,7 +101,7 @@ def _snr_db(signal: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def test_mimi_decoder_audio_matches_pytorch_and_streams_like_batch(mimi_pair):
-    from csm_pytorch.mimi import TorchMimi
+    from csm_model.mimi import TorchMimi
 
     mimi, (codec, _) = mimi_pair
     ref = TorchMimi(mimi)
@@ -120,7 +120,7 @@ def test_mimi_decoder_audio_matches_pytorch_and_streams_like_batch(mimi_pair):
 
 
 def test_mimi_encode_matches_pytorch_and_says_it_runs_in_pytorch(mimi_pair):
-    from csm_pytorch.mimi import TorchMimi
+    from csm_model.mimi import TorchMimi
 
     mimi, (codec, context) = mimi_pair
     pcm = torch.randn(1, 1, 3 * codec.samples_per_frame, generator=torch.Generator().manual_seed(5)) * 0.3

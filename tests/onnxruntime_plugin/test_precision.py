@@ -11,9 +11,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from csm_core.config import Settings
 from csm_core.errors import CsmError
-from csm_onnxruntime.artifacts import ArtifactSpec, weights_hash
-from csm_onnxruntime.engines import _open_graph, _typed_export, csm_spec
-from csm_onnxruntime.precision import PrecisionPlan, plan_for
+from csm_export.artifacts import ArtifactSpec, weights_hash
+from csm_export.specs import csm_spec
+from csm_onnxruntime.engines import _open_graph, _typed_export
+from csm_export.precision import PrecisionPlan, plan_for
 
 
 def test_plan_for_reads_each_part_and_refuses_one_plan_for_differing_parts():
@@ -116,7 +117,7 @@ def test_fp16_csm_graphs_stay_within_the_selective_precision_bound(ort_csm, onnx
 
 
 def test_reduced_initializers_round_like_torch_and_clamp_to_the_fp16_range():
-    from csm_onnxruntime.precision import to_bfloat16_bits, to_float16
+    from csm_export.precision import to_bfloat16_bits, to_float16
 
     values = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 100
     values[:3] = (np.inf, -np.inf, np.nan)

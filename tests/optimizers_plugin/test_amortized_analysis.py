@@ -34,7 +34,7 @@ def voiced_speech_like(seconds: float = 5.0, rate: int = RATE) -> np.ndarray:
 
 def sentiment_stage(optimizers=(), **options):
     settings = Settings(optimizers=list(optimizers), options=options)
-    pipeline = Pipeline(settings, Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,listen,optimizers"}))
+    pipeline = Pipeline(settings, Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,listen,optimizers"}))
     return pipeline, pipeline.stage("sentiment")
 
 
@@ -81,7 +81,7 @@ def test_bad_options_are_named(options, field):
 def test_a_sentiment_stage_it_cannot_amortize_is_refused():
     settings = Settings(optimizers=["amortized-analysis"], stages={"sentiment": "loudness"})
     with pytest.raises(ConfigError, match=r"stages.sentiment = 'loudness'"):
-        Pipeline(settings, Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,listen,optimizers"}))
+        Pipeline(settings, Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,listen,optimizers"}))
 
 
 def test_quality_bound_against_the_unoptimized_stage(speech):

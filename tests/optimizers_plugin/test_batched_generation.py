@@ -106,7 +106,7 @@ class ForcedEndDecoder:
 
 def forced_end_engines(model, end: list[int | None]):
     """The PyTorch engines of ``model`` (caches for len(end) rows) with rows ending at ``end``."""
-    from csm_pytorch.model import TorchCsmEngines
+    from csm_pytorch.engines import TorchCsmEngines
 
     engines = TorchCsmEngines(model, batch_size=len(end))
     engines.backbone = ForcedEnd(engines.backbone, engines.decoder, end)

@@ -90,7 +90,7 @@ def test_unknown_pressure_leaves_the_interval_alone():
 def test_bad_options_are_named(options, field):
     settings = Settings(optimizers=["cache-clearing"], options={"cache-clearing": options})
     with pytest.raises(ConfigError) as info:
-        Pipeline(settings, Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,optimizers"}))
+        Pipeline(settings, Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,optimizers"}))
     message = str(info.value)
     assert "[options.cache-clearing]" in message and field in message
 
@@ -159,7 +159,7 @@ def test_tiny_pipeline_gives_identical_codes_and_counts_clears():
             models={"preset": "tiny"}, device="cpu", optimizers=optimizers, generation=generation,
             options={"cache-clearing": {"min_interval": 1, "max_interval": 4}},
         )
-        plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,optimizers"})
+        plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,optimizers"})
         with Pipeline(settings, plugins) as pipeline:
             turn = pipeline.speak("Clear the caches between frames.")
             clearing = plugins.manager.get_plugin("optimizer:cache-clearing")

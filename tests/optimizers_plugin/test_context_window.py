@@ -29,7 +29,7 @@ class OptimizerRecords:
 
 
 def make_plugins() -> Plugins:
-    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,optimizers"})
+    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,optimizers"})
     if context_window.OPTIMIZER.name not in Registry.collect(plugins).optimizers:
         plugins.register(OptimizerRecords(), name="test-context-window-record")
     return plugins

@@ -18,8 +18,8 @@ from csm_core.pipeline import Pipeline  # noqa: E402
 from csm_core.quality import code_agreement  # noqa: E402
 from optimizer_pipelines import text_prompt, tiny_pipeline  # noqa: E402
 from csm_pytorch.cuda_graphs import StaticStep, cuda_graph_engines  # noqa: E402
-from csm_pytorch.model import TorchCsmEngines  # noqa: E402
-from csm_pytorch.presets import build_preset  # noqa: E402
+from csm_pytorch.engines import TorchCsmEngines  # noqa: E402
+from csm_model.presets import build_preset  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0, code_limit=2048)
 

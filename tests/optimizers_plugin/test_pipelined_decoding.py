@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from csm_pytorch.pipelined_decoding import pipelined_chunks  # noqa: E402
+from csm_model.pipelined_decoding import pipelined_chunks  # noqa: E402
 from optimizer_pipelines import tiny_pipeline  # noqa: E402
 
 GENERATION = {"temperature": 0.0, "max_new_frames": 10, "max_silent_frames": 10}

@@ -30,7 +30,7 @@ class OptimizerRecords:
 
 
 def make_plugins() -> Plugins:
-    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,optimizers"})
+    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,optimizers"})
     if profile_cache.NAME not in Registry.collect(plugins).optimizers:
         plugins.register(OptimizerRecords(), name="test-profile-cache-record")
     return plugins

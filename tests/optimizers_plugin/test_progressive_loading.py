@@ -62,7 +62,7 @@ def gated():
 
 
 def make_pipeline(gated: GatedTtsPlugin, tts: str, optimizers=()) -> Pipeline:
-    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,optimizers"})
+    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,optimizers"})
     plugins.register(gated, name="gated-tts")
     settings = Settings(stages={"tts": tts}, optimizers=list(optimizers))
     return Pipeline(settings, plugins)
@@ -178,7 +178,7 @@ def test_progressive_and_eager_give_identical_codes():
             models={"preset": "tiny"}, device="cpu", optimizers=optimizers,
             generation={"temperature": 0, "max_new_frames": 8},
         )
-        with Pipeline(settings, Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch,optimizers"})) as p:
+        with Pipeline(settings, Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,optimizers"})) as p:
             assert p.settings.loading == loading
             p.preload(["tts"])
             codes[loading] = p.speak("Loading in the background.").reply_codes

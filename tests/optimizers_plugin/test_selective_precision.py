@@ -23,8 +23,8 @@ from csm_core.pipeline import Pipeline  # noqa: E402
 from csm_core.quality import compare_runs  # noqa: E402
 from optimizer_pipelines import text_prompt, tiny_pipeline  # noqa: E402
 from csm_optimizers.selective_precision import teacher_forced_agreement  # noqa: E402
-from csm_pytorch.model import TorchCsmEngines  # noqa: E402
-from csm_pytorch.sources import csm_part_dtypes, load_csm_weights, load_mimi_model  # noqa: E402
+from csm_pytorch.engines import TorchCsmEngines  # noqa: E402
+from csm_model.sources import csm_part_dtypes, load_csm_weights, load_mimi_model  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0, code_limit=2048)  # codes the tiny/small Mimi can decode
 
@@ -117,7 +117,7 @@ def test_fp16_on_tiny_gives_the_fp32_codes_and_audio(references):
     prompt, _, reference = references("tiny")
     engines, embedder, _ = loaded("tiny", "fp16")
     free = generate_codes(engines, embedder, prompt, max_frames=FRAMES["tiny"], sampling=GREEDY, silence_guard=None)
-    from csm_pytorch.mimi import TorchMimi
+    from csm_model.mimi import TorchMimi
 
     codec = TorchMimi(load_mimi_model(Settings(models={"preset": "tiny"}), "cpu"))
     with torch.inference_mode():
@@ -161,7 +161,7 @@ def test_precision_of_resolves_part_then_csm_then_precision():
 
 
 def test_a_precision_the_device_cannot_run_is_an_error_unless_fallback(monkeypatch):
-    import csm_pytorch.sources as sources
+    import csm_model.sources as sources
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Tesla T4")

@@ -139,8 +139,8 @@ def test_unsupported_combinations_are_errors_naming_what_is_supported(tmp_path):
     with tiny_pipeline(weight_quantization={"csm": {"bits": 4, "block_size": 16}}) as p:
         with pytest.raises(CsmError, match="block_size 16.*block_size 32, 64, 128 or 256"):
             p.stage("tts")
-    from csm_onnxruntime.precision import PrecisionPlan
-    from csm_onnxruntime.quantization import WeightPlan
+    from csm_export.precision import PrecisionPlan
+    from csm_export.quantization import WeightPlan
 
     with pytest.raises(ValueError, match="bits=3.*8 or 4"):
         WeightPlan(3)
@@ -179,7 +179,7 @@ def test_pytorch_linear_layers_really_are_quantized(bits, cache_dir):
 def test_onnxruntime_graphs_hold_matmulnbits_nodes(bits, cache_dir):
     import onnx
 
-    from csm_onnxruntime.quantization import quantized_layers
+    from csm_export.quantization import quantized_layers
 
     with pipeline("onnxruntime", "tiny", cache_dir, bits) as p:
         engines = p.stage("tts").engines
@@ -199,10 +199,10 @@ def test_onnxruntime_graphs_hold_matmulnbits_nodes(bits, cache_dir):
 
 
 def test_the_artifact_key_differs_between_fp32_int8_and_int4(tmp_path):
-    from csm_onnxruntime.artifacts import weights_hash
-    from csm_onnxruntime.engines import csm_spec
-    from csm_onnxruntime.precision import plan_for
-    from csm_pytorch.presets import build_preset
+    from csm_export.artifacts import weights_hash
+    from csm_export.specs import csm_spec
+    from csm_export.precision import plan_for
+    from csm_model.presets import build_preset
 
     model = build_preset("tiny", 0)[0]
     whash = weights_hash(model)
@@ -247,7 +247,7 @@ def test_small_preset_stays_within_the_stated_bound(references, cache_dir, backe
 
 def test_the_floor_reads_quantized_weights_at_their_size():
     from csm_core.bench.floor import floor_for, norm_parameters_read_per_frame, parameters_read_per_frame, weight_format
-    from csm_pytorch.presets import get_preset
+    from csm_model.presets import get_preset
 
     args = get_preset("small").args
     fp32 = floor_for(args, "fp32", 1e10, "given")

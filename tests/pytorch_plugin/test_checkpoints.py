@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from csm_pytorch.checkpoints import (
+from csm_model.checkpoints import (
     CheckpointError,
     CheckpointNotFound,
     CorruptCheckpoint,
@@ -22,9 +22,9 @@ from csm_pytorch.checkpoints import (
     hf_hub_cache_dir,
     load_checkpoint,
 )
-from csm_pytorch.model import Csm
-from csm_pytorch.presets import SAVE_LAYOUTS, build_preset, get_preset, save_preset
-from csm_pytorch.text_tokenizer import ByteTextTokenizer, LlamaTextTokenizer
+from csm_model.model import Csm
+from csm_model.presets import SAVE_LAYOUTS, build_preset, get_preset, save_preset
+from csm_model.text_tokenizer import ByteTextTokenizer, LlamaTextTokenizer
 
 SEED = 7
 

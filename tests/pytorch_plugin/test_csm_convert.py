@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from csm_pytorch import convert  # noqa: E402
-from csm_pytorch.model import CsmArgs, random_csm, rope_inverse_frequencies  # noqa: E402
+from csm_model import convert  # noqa: E402
+from csm_model.model import CsmArgs, random_csm, rope_inverse_frequencies  # noqa: E402
 
 ARGS = CsmArgs(
     text_vocab_size=100, audio_vocab_size=33, num_codebooks=5,

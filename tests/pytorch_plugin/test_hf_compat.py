@@ -1,4 +1,4 @@
-"""csm_pytorch.hf_compat on real tiny transformers objects: each adapter gives what the model computes.
+"""csm_model.hf_compat on real tiny transformers objects: each adapter gives what the model computes.
 
 These tests hold on every release in the tested range. The installed one exercises one set of names
 (``cache`` and ``encoder_cache`` on transformers 5.24); the older names (``past_key_values``,
@@ -21,7 +21,7 @@ import torch
 import transformers
 from transformers import Cache, DynamicCache, LlamaConfig, LlamaForCausalLM, MimiConfig, MimiModel
 
-from csm_pytorch.hf_compat import (
+from csm_model.hf_compat import (
     TESTED_TRANSFORMERS,
     TransformersMismatch,
     cache_kwargs,
@@ -31,7 +31,7 @@ from csm_pytorch.hf_compat import (
     output_cache,
     reset_codebook_caches,
 )
-from csm_pytorch.mimi import MIMI_PRESETS, random_mimi
+from csm_model.mimi import MIMI_PRESETS, random_mimi
 
 FRAME = 1920
 ROOT = Path(__file__).resolve().parents[2]

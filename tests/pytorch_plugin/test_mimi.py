@@ -11,7 +11,7 @@ from transformers import MimiModel
 
 from csm_core.components import CodecEngine
 from csm_core.errors import CsmError
-from csm_pytorch.mimi import (
+from csm_model.mimi import (
     MimiDecoderState,
     MimiNotFoundError,
     TorchMimi,

@@ -16,9 +16,10 @@ from transformers import CsmConfig, CsmForConditionalGeneration, MimiConfig  # n
 
 from csm_core.components import BackboneEngine, DepthDecoderEngine  # noqa: E402
 from csm_core.generation import FrameEmbedder, SamplingParams, Segment, build_prompt, generate_frames  # noqa: E402
-from csm_pytorch import convert  # noqa: E402
-from csm_pytorch.hf_compat import cache_kwargs, output_cache  # noqa: E402
-from csm_pytorch.model import Csm, CsmArgs, TorchCsmEngines  # noqa: E402
+from csm_model import convert  # noqa: E402
+from csm_model.hf_compat import cache_kwargs, output_cache  # noqa: E402
+from csm_model.model import Csm, CsmArgs  # noqa: E402
+from csm_pytorch.engines import TorchCsmEngines  # noqa: E402
 
 CONFIGS = {
     # llama3 RoPE like CSM-1B; GQA in both transformers.

@@ -6,8 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from csm_pytorch import convert  # noqa: E402
-from csm_pytorch.model import Csm, CsmArgs, TorchCsmEngines, random_csm  # noqa: E402
+from csm_model import convert  # noqa: E402
+from csm_model.model import Csm, CsmArgs, random_csm  # noqa: E402
+from csm_pytorch.engines import TorchCsmEngines  # noqa: E402
 
 ARGS = CsmArgs(
     text_vocab_size=300, audio_vocab_size=37, num_codebooks=4,

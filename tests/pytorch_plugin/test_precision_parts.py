@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csm_pytorch.model import TorchCsmEngines
-from csm_pytorch.presets import build_preset
+from csm_pytorch.engines import TorchCsmEngines
+from csm_model.presets import build_preset
 
 
 def test_set_part_dtypes_casts_only_the_transformer_parts_and_their_caches():

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from csm_core.errors import UnknownNameError
-from csm_pytorch.model import CsmArgs, TorchCsmEngines
-from csm_pytorch.presets import PRESETS, build_preset, get_preset, save_preset
+from csm_model.model import CsmArgs
+from csm_pytorch.engines import TorchCsmEngines
+from csm_model.presets import PRESETS, build_preset, get_preset, save_preset
 
 
 def test_csm_1b_preset_has_sesames_dimensions():

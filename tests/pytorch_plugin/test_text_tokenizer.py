@@ -8,7 +8,7 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from tokenizers.processors import TemplateProcessing
 
-from csm_pytorch.text_tokenizer import (
+from csm_model.text_tokenizer import (
     ByteTextTokenizer,
     LlamaTextTokenizer,
     TextTokenizer,

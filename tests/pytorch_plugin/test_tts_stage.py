@@ -25,7 +25,7 @@ CSMCTL = str(Path(sys.executable).parent / "csmctl")
 def pipeline(**settings) -> Pipeline:
     settings.setdefault("models", {"preset": "tiny"})
     settings.setdefault("device", "cpu")
-    return Pipeline(Settings(**settings), Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch"}))
+    return Pipeline(Settings(**settings), Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch"}))
 
 
 GREEDY = {"temperature": 0.0, "max_new_frames": 6}
@@ -90,8 +90,8 @@ def test_oldest_context_is_trimmed_to_fit_and_never_the_current_text():
 
 @pytest.mark.parametrize("layout", ["transformers", "sesame"])
 def test_checkpoint_on_disk_speaks_like_the_preset_it_was_saved_from(tmp_path, layout):
-    from csm_pytorch.mimi import save_random_mimi
-    from csm_pytorch.presets import save_preset
+    from csm_model.mimi import save_random_mimi
+    from csm_model.presets import save_preset
 
     checkpoint = save_preset("tiny", tmp_path / "csm", layout=layout, seed=0)
     models = {"model_path": str(checkpoint)}
@@ -107,7 +107,7 @@ def test_checkpoint_on_disk_speaks_like_the_preset_it_was_saved_from(tmp_path, l
 
 
 def test_wrong_model_flavor_is_an_error(tmp_path):
-    from csm_pytorch.presets import save_preset
+    from csm_model.presets import save_preset
 
     checkpoint = save_preset("tiny", tmp_path / "csm", layout="transformers")
     with pipeline(models={"model_path": str(checkpoint), "model_flavor": "sesame"}) as p:
@@ -137,7 +137,7 @@ def test_cuda_without_a_gpu_is_an_error_unless_fallback_is_allowed():
 
 
 def say(*args, env=None):
-    environ = {**os.environ, "CSM_LOAD_PLUGINS": "pytorch", **(env or {})}
+    environ = {**os.environ, "CSM_LOAD_PLUGINS": "model,pytorch", **(env or {})}
     return subprocess.run([CSMCTL, "say", *args], capture_output=True, text=True, env=environ, timeout=300)
 
 
@@ -155,7 +155,7 @@ def test_csmctl_say_writes_the_wav_and_stream_writes_the_same(tmp_path):
 
 
 def test_csmctl_say_from_a_model_path(tmp_path):
-    from csm_pytorch.presets import save_preset
+    from csm_model.presets import save_preset
 
     checkpoint = save_preset("tiny", tmp_path / "csm", layout="transformers")
     result = say("From disk.", "-o", str(tmp_path / "c.wav"), "-w", str(checkpoint), "-m", "3", "--device", "cpu")

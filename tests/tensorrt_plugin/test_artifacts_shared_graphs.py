@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from csm_onnxruntime.artifacts import weights_hash  # noqa: E402
-from csm_onnxruntime.engines import CSM_GRAPHS, csm_spec  # noqa: E402
+from csm_export.artifacts import weights_hash  # noqa: E402
+from csm_export.specs import CSM_GRAPHS, csm_spec  # noqa: E402
 from csm_tensorrt.artifacts import csm_graph_specs, mimi_graph_spec, onnx_graph  # noqa: E402
 
 
@@ -27,8 +27,8 @@ def context_for(cache_dir):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from csm_pytorch.mimi import random_mimi
-    from csm_pytorch.presets import build_preset
+    from csm_model.mimi import random_mimi
+    from csm_model.presets import build_preset
 
     return build_preset("tiny", 0)[0], random_mimi("tiny", 0)
 
@@ -62,7 +62,7 @@ def test_the_mimi_graph_exported_for_tensorrt_is_reused_by_onnxruntime(tiny, tmp
     """ONNX Runtime's codec engine keys its graph in its own constructor: it must find TensorRT's file.
     (The CSM graphs are keyed by ``csm_spec``, the function both call, compared above.)"""
     from csm_onnxruntime.engines import OnnxMimi
-    from csm_onnxruntime.export import export_mimi_decoder_step
+    from csm_export.export import export_mimi_decoder_step
 
     _, mimi = tiny
     trt_context = context_for(tmp_path)

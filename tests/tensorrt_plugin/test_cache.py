@@ -200,7 +200,7 @@ def toy_source(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from csm_onnxruntime.artifacts import ArtifactSpec, ensure_artifact
+    from csm_export.artifacts import ArtifactSpec, ensure_artifact
 
     # 64 x 64: past onnx's 1 KiB threshold for external data, also in fp16
     weights = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)

@@ -65,8 +65,8 @@ def test_tiny_greedy_utterance_gives_the_codes_of_onnxruntime_and_pytorch(trt_gp
     from csm_core.generation.prompt import Segment, build_prompt
     from csm_core.generation.sampling import SamplingParams
     from csm_onnxruntime.engines import OnnxCsmEngines
-    from csm_pytorch.model import TorchCsmEngines
-    from csm_pytorch.presets import build_preset
+    from csm_pytorch.engines import TorchCsmEngines
+    from csm_model.presets import build_preset
     from csm_tensorrt.artifacts import csm_engines
 
     model, tokenizer = build_preset("tiny", 0)

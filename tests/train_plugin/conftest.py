@@ -71,7 +71,7 @@ def stereo_44k(source: Path, target: Path) -> Path:
 
 
 def csmctl_env(cache: Path) -> dict:
-    # One intra-op thread: on a shared 2-core machine two threads wait on each other (see csm_pytorch.presets).
+    # One intra-op thread: on a shared 2-core machine two threads wait on each other (see csm_model.presets).
     environ = {**os.environ, "NO_COLOR": "1", "XDG_CACHE_HOME": str(cache), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     environ.pop("CSM_LOAD_PLUGINS", None)
     return environ

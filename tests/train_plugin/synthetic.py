@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from csm_pytorch.text_tokenizer import ByteTextTokenizer
+from csm_model.text_tokenizer import ByteTextTokenizer
 from csm_train.dataset import DataReport, TrainingData
 from csm_train.samples import Utterance, build_samples, split_samples
 

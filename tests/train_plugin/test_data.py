@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from csm_core.config import load_settings  # noqa: E402
 from csm_core.pipeline import Pipeline  # noqa: E402
-from csm_pytorch.text_tokenizer import ByteTextTokenizer  # noqa: E402
+from csm_model.text_tokenizer import ByteTextTokenizer  # noqa: E402
 from csm_train.dataset import prepare_data  # noqa: E402
 from csm_train.manifest import DataError, read_rows  # noqa: E402
 from csm_train.order import SampleOrder  # noqa: E402

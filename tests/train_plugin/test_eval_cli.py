@@ -152,7 +152,7 @@ def test_bad_input_is_one_error_line(prompts, cache, tmp_path, lines, args, mess
 def test_compare_a_checkpoint_folder_with_the_preset_it_was_saved_from(prompts, cache, tmp_path):
     """A checkpoint on disk needs a Whisper for its transcriber stage: the tiny one, through models.asr."""
     from csm_listen.tiny_models import write_tiny_whisper
-    from csm_pytorch.presets import save_preset
+    from csm_model.presets import save_preset
 
     checkpoint = save_preset("tiny", tmp_path / "csm", layout="transformers", seed=0)
     whisper = write_tiny_whisper(tmp_path / "whisper", seed=0)

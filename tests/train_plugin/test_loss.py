@@ -1,7 +1,7 @@
 """The training loss against transformers' ``CsmForConditionalGeneration`` on the same batch and labels.
 
 A tiny transformers CSM with random weights is converted into our :class:`Csm` with
-:mod:`csm_pytorch.convert` (as tests/pytorch_plugin/test_model_parity.py does). The batch is built by
+:mod:`csm_model.convert` (as tests/pytorch_plugin/test_model_parity.py does). The batch is built by
 the training code (context segments, target text, target audio + end frame); transformers gets the
 same frames embedded its own way and labels marked as its processor marks them: -100 for positions
 not scored, -101 for frames the depth decoder skips (backbone only), codes for the rest, expanded to
@@ -20,8 +20,9 @@ pytest.importorskip("transformers")
 from transformers import CsmForConditionalGeneration, MimiConfig  # noqa: E402
 
 from csm_core.generation import FrameEmbedder  # noqa: E402
-from csm_pytorch import convert  # noqa: E402
-from csm_pytorch.model import Csm, CsmArgs, TorchCsmEngines  # noqa: E402
+from csm_model import convert  # noqa: E402
+from csm_model.model import Csm, CsmArgs  # noqa: E402
+from csm_pytorch.engines import TorchCsmEngines  # noqa: E402
 from csm_train.batch import collate  # noqa: E402
 from csm_train.loss import decoder_frame_count, loss_sums  # noqa: E402
 from csm_train.samples import Utterance, build_samples, sequence_frames  # noqa: E402

@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from csm_core.errors import CsmError  # noqa: E402
-from csm_pytorch.mimi import random_mimi  # noqa: E402
-from csm_pytorch.presets import build_preset  # noqa: E402
+from csm_model.mimi import random_mimi  # noqa: E402
+from csm_model.presets import build_preset  # noqa: E402
 from csm_train.batch import collate  # noqa: E402
 from csm_train.checkpoint import ResumeError, latest_checkpoint  # noqa: E402
 from csm_train.distributed import Distributed  # noqa: E402

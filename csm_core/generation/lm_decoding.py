@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from csm_core.generation.sampling import SamplingParams, filter_logits, sample
+
 
 @dataclass(frozen=True)
 class LmSampling:
@@ -38,25 +40,20 @@ def nucleus_probabilities(logits: torch.Tensor, temperature: float, top_p: float
     """``logits`` [V] -> probabilities [V] float32 after temperature and the top-p cut (renormalised).
 
     A token is kept when the mass of the tokens ranked strictly above it is below ``top_p``, so the
-    most likely token is always kept.
+    most likely token is always kept (:func:`csm_core.generation.sampling.filter_logits`).
     """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p >= 1.0:
-        return probs
-    sorted_probs, order = probs.sort(descending=True)
-    mass_above = sorted_probs.cumsum(-1) - sorted_probs
-    sorted_probs = torch.where(mass_above < top_p, sorted_probs, torch.zeros_like(sorted_probs))
-    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return kept / kept.sum()
+    return filter_logits(logits.reshape(1, -1).float(), _params(temperature, top_p)).softmax(dim=-1)[0]
+
+
+def _params(temperature: float, top_p: float) -> SamplingParams:
+    return SamplingParams(temperature=temperature, top_k=None, top_p=top_p)
 
 
 def next_token(logits: torch.Tensor, sampling: LmSampling, generator: torch.Generator | None) -> int:
-    """The next token id from ``logits`` [V] (or [1,V])."""
-    row = logits.reshape(-1).float().cpu()
-    if sampling.greedy:
-        return int(row.argmax())
-    probs = nucleus_probabilities(row, sampling.temperature, sampling.top_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    """The next token id from ``logits`` [V] (or [1,V]), by the codes' sampling function
+    (:func:`csm_core.generation.sampling.sample`) with no top-k."""
+    row = logits.reshape(1, -1).float().cpu()
+    return int(sample(row, _params(sampling.temperature, sampling.top_p), generator)[0])
 
 
 def decode_tokens(

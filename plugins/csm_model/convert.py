@@ -1,4 +1,4 @@
-"""Weight-name and config conversion between our :class:`~csm_pytorch.model.Csm` and two checkpoint layouts.
+"""Weight-name and config conversion between our :class:`~csm_model.model.Csm` and two checkpoint layouts.
 
 - **transformers** (``CsmForConditionalGeneration``): the text embedding sits at the top
   (``embed_text_tokens``), the audio embedding inside the backbone (``backbone_model.embed_tokens.

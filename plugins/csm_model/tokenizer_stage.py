@@ -9,7 +9,7 @@ from csm_core.audio import Audio
 from csm_core.devices import resolve_device
 from csm_core.errors import AudioError
 from csm_core.records import StageContext
-from csm_pytorch.tts_stage import shared_codec
+from csm_model.tts_stage import shared_codec
 
 
 class MimiTokenizer:

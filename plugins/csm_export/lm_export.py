@@ -3,7 +3,7 @@
 transformers' cache objects hold their tensors as mutable Python state, not as the explicit graph
 inputs and outputs this backend binds. :class:`CausalLmGraph` therefore runs the model's own
 modules (embedding, RMS norms, q/k/v/o projections, rotary table, MLP, head) with a static cache
-written by ``scatter`` at the given positions, the way :mod:`csm_onnxruntime.graphs` does for CSM.
+written by ``scatter`` at the given positions, the way :mod:`csm_export.graphs` does for CSM.
 Supported are the Llama-family decoders whose layers are exactly that: :data:`SUPPORTED_MODEL_TYPES`
 (Qwen3's per-head q/k norms included); others are refused with the list.
 
@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from csm_core.errors import CsmError
-from csm_onnxruntime.export import OPSET
-from csm_onnxruntime.graphs import cache_names
-from csm_pytorch.model import apply_rope, grouped_attention
+from csm_export.export import OPSET
+from csm_export.graphs import cache_names
+from csm_model.model import apply_rope, grouped_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")

@@ -1,4 +1,4 @@
-"""CSM weights on disk: find a checkpoint, tell its layout, load it into a :class:`~csm_pytorch.model.Csm`.
+"""CSM weights on disk: find a checkpoint, tell its layout, load it into a :class:`~csm_model.model.Csm`.
 
 Three layouts load (see :func:`detect_layout`):
 
@@ -33,15 +33,15 @@ import torch
 
 from csm_core.errors import CsmError
 from csm_core.hf_cache import hf_cached_snapshot, hf_hub_cache_dir, hf_repo_folder
-from csm_pytorch.convert import (
+from csm_model.convert import (
     StateDictMismatch,
     args_from_sesame_config,
     args_from_transformers_config,
     from_sesame_state_dict,
     from_transformers_state_dict,
 )
-from csm_pytorch.model import Csm, CsmArgs
-from csm_pytorch.text_tokenizer import TOKENIZER_FILE, LlamaTextTokenizer, TextTokenizer, TextTokenizerError
+from csm_model.model import Csm, CsmArgs
+from csm_model.text_tokenizer import TOKENIZER_FILE, LlamaTextTokenizer, TextTokenizer, TextTokenizerError
 
 __all__ = [
     "CheckpointError",

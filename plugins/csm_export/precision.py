@@ -16,7 +16,7 @@ graph inputs and outputs (``inputs_embeds``, ``hidden_states``, ``logits``) keep
 
 Weight-only quantization (``PrecisionPlan.weights``, from ``Settings.weight_quantization``): the
 transformer linear layers of a float32 graph become ONNX Runtime ``MatMulNBits`` nodes (8 or 4 bits,
-:mod:`csm_onnxruntime.quantization`), applied by :func:`convert_graph` after the dtype pass. It is
+:mod:`csm_export.quantization`), applied by :func:`convert_graph` after the dtype pass. It is
 part of :meth:`PrecisionPlan.as_dict` and so of the cache key; with a reduced ``dtype`` it is an error
 (the quantized layers compute in float32 activations).
 This module lives in the ONNX Runtime plugin so that both ONNX backends use it without ONNX Runtime
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from csm_onnxruntime.quantization import WeightPlan, quantize_graph, weight_plan_for
+from csm_export.quantization import WeightPlan, quantize_graph, weight_plan_for
 
 FLOAT_TYPES = ("fp32", "fp16", "bf16")
 
@@ -137,7 +137,7 @@ def convert_graph(model, plan: PrecisionPlan):
     Float32 tensors consumed by converted nodes are cast (initializers are converted once, ahead of
     time); reduced-precision tensors consumed by float32 nodes or graph outputs are cast back.
     Subgraphs (If/Loop/Scan) are left in float32. ``plan.weights``: the transformer linear layers
-    become ``MatMulNBits`` nodes (:func:`csm_onnxruntime.quantization.quantize_graph`).
+    become ``MatMulNBits`` nodes (:func:`csm_export.quantization.quantize_graph`).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper

@@ -36,7 +36,7 @@ from transformers.models.mimi.modeling_mimi import (
     repeat_kv,
 )
 
-from csm_pytorch.hf_compat import mimi_decoder_parts
+from csm_model.hf_compat import mimi_decoder_parts
 
 
 @dataclass(frozen=True)

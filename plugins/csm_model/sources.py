@@ -17,17 +17,17 @@ import torch
 
 from csm_core.config import ModelSources, Settings
 from csm_core.errors import CsmError
-from csm_pytorch.checkpoints import (
+from csm_model.checkpoints import (
     CheckpointError,
     CheckpointNotFound,
     detect_layout,
     find_checkpoint,
     load_checkpoint,
 )
-from csm_pytorch.mimi import find_mimi, load_mimi, random_mimi
-from csm_pytorch.model import Csm
-from csm_pytorch.presets import build_preset, get_preset
-from csm_pytorch.text_tokenizer import TextTokenizer
+from csm_model.mimi import find_mimi, load_mimi, random_mimi
+from csm_model.model import Csm
+from csm_model.presets import build_preset, get_preset
+from csm_model.text_tokenizer import TextTokenizer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRESET_SEED = 0

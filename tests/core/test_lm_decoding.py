@@ -1,4 +1,4 @@
-"""The shared token loop (:mod:`csm_listen.lm_decoding`) on the PyTorch ``causal_lm`` engine.
+"""The shared token loop (:mod:`csm_core.generation.lm_decoding`) on the PyTorch ``causal_lm`` engine.
 
 The reference is transformers itself: ``model.generate`` and the full-sequence ``forward`` of the
 same random model. The model has a wide initialisation so its greedy answers vary from token to
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from csm_core.components import CausalLm, CausalLmEngine
-from csm_listen.lm_decoding import LmSampling, decode_tokens, next_token, nucleus_probabilities
-from csm_listen.lm_torch import TorchCausalLm
+from csm_core.generation.lm_decoding import LmSampling, decode_tokens, next_token, nucleus_probabilities
+from csm_pytorch.causal_lm import TorchCausalLm
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11]
 

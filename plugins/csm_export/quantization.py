@@ -13,7 +13,7 @@ identified (no name-scope metadata) is an error, never a graph left silently unq
 ``accuracy_level`` 4 lets the CPU provider compute with int8-quantized activations (per block, dynamic)
 on its VNNI/AMX kernels; level 0 (float32 compute) is 10-100x slower for 8 bits on the CPU measured
 here (Xeon with AVX-512 VNNI and AMX, one thread), so the plan always asks for 4.
-The plan (:class:`WeightPlan`) is part of :class:`csm_onnxruntime.precision.PrecisionPlan` and so of
+The plan (:class:`WeightPlan`) is part of :class:`csm_export.precision.PrecisionPlan` and so of
 the graph cache key: a quantized graph is never taken for a float32 one.
 """
 
@@ -94,7 +94,7 @@ def quantize_graph(model, plan: WeightPlan):
         raise ValueError(
             "weight quantization: no transformer linear layer found in the graph (MatMul nodes with a float32 "
             f"weight whose '{NAME_SCOPES}' metadata names a 'layers.N.' module); the graphs must come from "
-            "csm_onnxruntime.export"
+            "csm_export.export"
         )
     others = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and n.name not in names]
     copy = onnx.ModelProto()

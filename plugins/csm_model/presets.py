@@ -23,21 +23,21 @@ arithmetic. Fewer codebooks would break parity with the Mimi codec's 32 and it i
 stay. ``small`` measured ~11 frames/s on one thread of a busy 2-core machine (load ~3.5); tiny and
 small models run slower, not faster, with two threads when the cores are shared.
 
-Presets use :class:`~csm_pytorch.text_tokenizer.ByteTextTokenizer` (259 ids), which fits every text
-vocabulary here. Weights depend only on ``(preset, seed)`` (:func:`csm_pytorch.model.random_csm`).
+Presets use :class:`~csm_model.text_tokenizer.ByteTextTokenizer` (259 ids), which fits every text
+vocabulary here. Weights depend only on ``(preset, seed)`` (:func:`csm_model.model.random_csm`).
 
-:func:`save_preset` writes real files, loadable by :func:`csm_pytorch.checkpoints.load_checkpoint` and
+:func:`save_preset` writes real files, loadable by :func:`csm_model.checkpoints.load_checkpoint` and
 by the original tools:
 
 - ``transformers``: built as transformers' own ``CsmForConditionalGeneration`` and written by its
   ``save_pretrained`` (``config.json`` with ``model_type: csm``, ``depth_decoder_config`` and
   ``codec_config``; ``model.safetensors``; ``generation_config.json``). The codec inside is the Mimi
-  preset of the same size (:func:`csm_pytorch.mimi.random_mimi`: ``tiny``/``small``/``real``, same seed).
+  preset of the same size (:func:`csm_model.mimi.random_mimi`: ``tiny``/``small``/``real``, same seed).
 - ``sesame``: ``config.json`` as Sesame's ``PyTorchModelHubMixin`` writes it + ``model.safetensors``
   with ``models.py`` names. ``csm-1b`` gets Sesame's flavors (``llama-1B``/``llama-100M``) and nothing
   else; the shapes Sesame never defined get the flavor names ``csm-multi-<preset>-backbone`` and
   ``csm-multi-<preset>-decoder`` plus their explicit dimensions under ``csm_multi_args`` (all of
-  :class:`~csm_pytorch.model.CsmArgs`), which :mod:`csm_pytorch.convert` reads back; Sesame's own code
+  :class:`~csm_model.model.CsmArgs`), which :mod:`csm_model.convert` reads back; Sesame's own code
   does not know these flavors.
 - ``sesame-ckpt``: ``ckpt.pt``, a ``torch.save`` of the Sesame-named state dict (the first CSM-1B
   release), with the same ``config.json`` beside it.
@@ -53,15 +53,15 @@ from pathlib import Path
 import torch
 
 from csm_core.errors import UnknownNameError
-from csm_pytorch.convert import (
+from csm_model.convert import (
     SESAME_ARGS_KEY,
     sesame_config_from_args,
     to_sesame_state_dict,
     to_transformers_state_dict,
     transformers_config_from_args,
 )
-from csm_pytorch.model import Csm, CsmArgs, random_csm
-from csm_pytorch.text_tokenizer import ByteTextTokenizer, TextTokenizer
+from csm_model.model import Csm, CsmArgs, random_csm
+from csm_model.text_tokenizer import ByteTextTokenizer, TextTokenizer
 
 __all__ = [
     "PRESETS", "SAVE_LAYOUTS", "Preset", "build_preset", "get_preset", "save_preset", "sesame_config_for",
@@ -186,7 +186,7 @@ def _save_sesame(preset: Preset, state: dict, directory: Path, checkpoint: bool)
 
 def _save_transformers(preset: Preset, state: dict, tokenizer: ByteTextTokenizer, directory: Path, seed: int) -> None:
     """Build transformers' ``CsmForConditionalGeneration`` around our weights and ``save_pretrained`` it."""
-    from csm_pytorch.mimi import random_mimi
+    from csm_model.mimi import random_mimi
 
     write_transformers_layout(state, preset.args, tokenizer, random_mimi(preset.mimi_preset, seed), directory)
 

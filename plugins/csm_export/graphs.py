@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from csm_pytorch.model import Attention, Csm, Transformer, apply_rope, grouped_attention, rope_inverse_frequencies
+from csm_model.model import Attention, Csm, Transformer, apply_rope, grouped_attention, rope_inverse_frequencies
 
 
 def cache_names(layers: int) -> tuple[list[str], list[str]]:
@@ -111,14 +111,14 @@ class MimiDecoderStepGraph(nn.Module):
 
     def __init__(self, mimi, state_names: list[str]) -> None:
         super().__init__()
-        from csm_pytorch.mimi_streaming import MimiStreamingDecoder
+        from csm_model.mimi_streaming import MimiStreamingDecoder
 
         self.mimi = mimi
         self.streamer = MimiStreamingDecoder(mimi)
         self.state_names = list(state_names)
 
     def forward(self, codes: torch.Tensor, *state: torch.Tensor):
-        from csm_pytorch.mimi_streaming import MimiDecoderState
+        from csm_model.mimi_streaming import MimiDecoderState
 
         current = MimiDecoderState.from_tensors(dict(zip(self.state_names, state)))
         pcm, new = self.streamer.step(codes, current)

@@ -28,10 +28,10 @@ from csm_core.generation.sampling import SamplingParams
 from csm_core.records import StageContext
 from csm_core.stages import SpeechChunk, SpeechParams, SpeechRequest
 from csm_core.config import plugin_options
-from csm_pytorch.model import TorchBackbone, TorchCsmEngines, TorchDepthDecoder
-from csm_pytorch.pipelined_decoding import pipelined_chunks
-from csm_pytorch.plugin import CsmOptions
-from csm_pytorch.sources import load_csm_weights, load_mimi_model
+from csm_pytorch.engines import TorchBackbone, TorchCsmEngines, TorchDepthDecoder
+from csm_model.pipelined_decoding import pipelined_chunks
+from csm_model.options import CsmOptions
+from csm_model.sources import load_csm_weights, load_mimi_model
 
 
 def shared_codec(context: StageContext, device: str):

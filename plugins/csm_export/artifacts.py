@@ -88,7 +88,7 @@ def mimi_decoder_spec(mimi, num_codebooks: int = 32, batch_size: int = 1) -> Art
     One definition for every backend that uses the graph (ONNX Runtime's :class:`OnnxMimi`, the
     TensorRT builder), so they share one cached file.
     """
-    from csm_onnxruntime.export import EXPORTER, OPSET
+    from csm_export.export import EXPORTER, OPSET
 
     config = mimi.config
     return ArtifactSpec(

@@ -3,7 +3,7 @@
 Mimi (kyutai) turns 24 kHz mono PCM into 32 codebooks of 2048 codes at 12.5 frames/s (1920 samples per
 frame; codebook 0 semantic, 1..31 acoustic) and back. transformers' ``MimiModel`` is the model
 definition and the reference: :class:`TorchMimi` calls its ``encode``/``decode`` for whole utterances
-and streams its decoder with :class:`~csm_pytorch.mimi_streaming.MimiStreamingDecoder`.
+and streams its decoder with :class:`~csm_model.mimi_streaming.MimiStreamingDecoder`.
 
 Weights load from the transformers layout of ``kyutai/mimi`` (``config.json`` + ``model.safetensors``),
 from a directory or the local Hugging Face cache (never downloaded). Presets of random weights
@@ -23,8 +23,8 @@ from transformers import MimiConfig, MimiModel
 
 from csm_core.errors import CsmError
 from csm_core.hf_cache import hf_hub_cache_dir
-from csm_pytorch.hf_compat import mimi_codebooks, mimi_encode_streaming, reset_codebook_caches
-from csm_pytorch.mimi_streaming import MimiDecoderState, MimiStreamingDecoder
+from csm_model.hf_compat import mimi_codebooks, mimi_encode_streaming, reset_codebook_caches
+from csm_model.mimi_streaming import MimiDecoderState, MimiStreamingDecoder
 
 __all__ = [
     "MIMI_PRESETS",
@@ -150,7 +150,7 @@ def find_mimi(
     raise MimiNotFoundError(
         "no Mimi checkpoint found; looked in:\n  " + "\n  ".join(looked)
         + f"\nPass the directory of a transformers-layout checkpoint (e.g. a download of {repo_id}), "
-        "or write random weights with csm_pytorch.mimi.save_random_mimi(preset, directory)."
+        "or write random weights with csm_model.mimi.save_random_mimi(preset, directory)."
     )
 
 

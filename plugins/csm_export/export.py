@@ -1,7 +1,7 @@
 """torch -> ONNX, one graph per component, with the dynamo exporter (``torch.export`` + onnxscript).
 
 Each function exports a *copy* of the module it is given (after a dynamo export a module is not
-reusable in the same process) and writes a plain ONNX file; :mod:`csm_onnxruntime.artifacts` adds
+reusable in the same process) and writes a plain ONNX file; :mod:`csm_export.artifacts` adds
 metadata and moves it into the cache. ``torch.export.export`` is called first and its program handed to
 ``torch.onnx.export``: giving ``dynamic_shapes`` for ``*past`` varargs straight to ``torch.onnx.export``
 fails its input-structure check (it turns the tuple into a list).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from csm_onnxruntime.graphs import (
+from csm_export.graphs import (
     BackboneGraph,
     DecoderGraph,
     MimiDecoderStepGraph,
@@ -57,7 +57,7 @@ def export_csm_part(model, graph: str, path: Path, batch_size: int = 1) -> None:
     """Export ``graph`` (backbone_prefill | backbone_step | decoder) of a :class:`Csm` to ``path``.
 
     The graph is always float32, whatever dtypes the model's parts have: a reduced-precision plan is
-    applied to the graph afterwards (:func:`csm_onnxruntime.precision.convert_graph`).
+    applied to the graph afterwards (:func:`csm_export.precision.convert_graph`).
     """
     model = copy.deepcopy(model).float().eval()
     part = "decoder" if graph == "decoder" else "backbone"
@@ -83,13 +83,13 @@ def export_csm_part(model, graph: str, path: Path, batch_size: int = 1) -> None:
 
 
 def mimi_state_names(mimi, batch_size: int = 1) -> list[str]:
-    from csm_pytorch.mimi_streaming import MimiStreamingDecoder
+    from csm_model.mimi_streaming import MimiStreamingDecoder
 
     return list(MimiStreamingDecoder(mimi).init_state(batch_size).tensors())
 
 
 def export_mimi_decoder_step(mimi, num_codebooks: int, path: Path, batch_size: int = 1) -> None:
-    from csm_pytorch.mimi_streaming import MimiStreamingDecoder
+    from csm_model.mimi_streaming import MimiStreamingDecoder
 
     mimi = copy.deepcopy(mimi).eval()
     state = MimiStreamingDecoder(mimi).init_state(batch_size).tensors()

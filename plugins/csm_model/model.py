@@ -1,4 +1,4 @@
-"""Sesame's Conversational Speech Model (CSM) in plain PyTorch, and its PyTorch engines.
+"""Sesame's Conversational Speech Model (CSM) in plain PyTorch.
 
 CSM predicts Mimi audio codes one frame (12.5 Hz) at a time:
 
@@ -13,7 +13,7 @@ Both transformers keep a static key/value cache written *by position* (``scatter
 whole cache under a causal mask gathered from a precomputed table, so a step has no data-dependent shapes
 and can be captured by ``torch.compile(mode="reduce-overhead")`` / CUDA graphs.
 
-Parameter names follow this module (``backbone.layers.0.attn.q_proj.weight``); :mod:`csm_pytorch.convert`
+Parameter names follow this module (``backbone.layers.0.attn.q_proj.weight``); :mod:`csm_model.convert`
 maps them to and from the transformers and Sesame checkpoint layouts. Queries and keys use the
 "rotate-half" RoPE layout of transformers (Sesame's torchtune checkpoints use interleaved pairs; the
 conversion permutes them).
@@ -34,9 +34,6 @@ __all__ = [
     "CsmArgs",
     "Csm",
     "Transformer",
-    "TorchBackbone",
-    "TorchDepthDecoder",
-    "TorchCsmEngines",
     "random_csm",
     "rope_inverse_frequencies",
 ]
@@ -369,50 +366,3 @@ def random_csm(args: CsmArgs, seed: int = 0, *, dtype: torch.dtype = torch.float
             else:
                 param.normal_(0.0, 0.02, generator=gen)
     return model.to(device=device, dtype=dtype).eval()
-
-
-class TorchBackbone:
-    """:class:`csm_core.components.BackboneEngine` running the backbone of a :class:`Csm` in eager PyTorch."""
-
-    def __init__(self, model: Csm) -> None:
-        self.model = model
-        self.max_positions = model.args.max_seq_len
-
-    def reset(self) -> None:
-        self.model.backbone.reset_cache()
-
-    @torch.inference_mode()
-    def prefill(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.backbone_logits(embeds, positions)
-
-    @torch.inference_mode()
-    def step(self, embed: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.backbone_logits(embed, position)
-
-
-class TorchDepthDecoder:
-    """:class:`csm_core.components.DepthDecoderEngine` running the depth decoder of a :class:`Csm`."""
-
-    def __init__(self, model: Csm) -> None:
-        self.model = model
-
-    def reset(self) -> None:
-        self.model.decoder.reset_cache()
-
-    @torch.inference_mode()
-    def step(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model.decoder_logits(x, positions)
-
-
-class TorchCsmEngines:
-    """The ``csm`` component on the PyTorch backend: ``.backbone`` and ``.decoder`` over one :class:`Csm`.
-
-    Allocates the model's caches for ``batch_size`` rows (calls may use fewer rows).
-    """
-
-    def __init__(self, model: Csm, batch_size: int = 1, dtype: torch.dtype | None = None, device=None) -> None:
-        model.setup_caches(batch_size, dtype, device)
-        self.model = model
-        self.backbone = TorchBackbone(model)
-        self.decoder = TorchDepthDecoder(model)
-        self.frame_decoder = None  # no whole-frame engine in eager mode (csm_pytorch.cuda_graphs adds one)
