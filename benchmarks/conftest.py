@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from csm_core.bench.session import DEFAULT_TEXT
+from csm_bench.session import DEFAULT_TEXT
 
 torch = pytest.importorskip("torch", reason="the benchmarks need the torch extra")
 
@@ -39,8 +39,8 @@ def _threads():
 @pytest.fixture(scope="session")
 def matrix_runner():
     """The harness's runner (plugins, registry, floor bandwidth, baselines' outputs), one per session."""
-    from csm_core.bench.runner import MatrixRunner
-    from csm_core.bench.session import RunOptions
+    from csm_bench.runner import MatrixRunner
+    from csm_bench.session import RunOptions
 
     options = RunOptions(frames=BENCH_FRAMES, repeats=3, warmup=1, threads=BENCH_THREADS,
                          bandwidth_gbs=BENCH_BANDWIDTH_GBS)

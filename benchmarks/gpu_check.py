@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["steps"]["tests"] = step
     bench_md = None
     if not args.skip_bench:
-        command = [sys.executable, "-m", "csm_core.bench", "--device", "cuda", "--presets", args.preset,
+        command = [sys.executable, "-m", "csm_bench", "--device", "cuda", "--presets", args.preset,
                    "--backends", ",".join(backends_for(env)), "--optimizers", args.optimizers,
                    "--frames", str(args.frames), "--repeats", str(args.repeats), "--out", str(out / "bench")]
         step = run_step("bench", command, out / "bench.log", args.bench_timeout)

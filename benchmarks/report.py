@@ -5,7 +5,7 @@
 Each row is one benchmark; ``speed-up`` is the group's slowest mean time divided by the row's, so
 every number compares runs of one session on one machine. Whole-turn rows (``test_bench_turn``) also
 show the multiple of the physical floor and, for optimized cells, the code agreement with the ``none``
-cell. ``csmctl bench`` writes its own, richer table (:mod:`csm_core.bench.report`).
+cell. ``csmctl bench`` writes its own, richer table (:mod:`csm_bench.report`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Groups, one per component: ``component backbone.prefill`` (the benchmark text's 
 cache), ``component backbone.step`` (one backbone position after that prefill),
 ``component decoder.frame`` (the depth decoder's K-1 steps of one frame), ``component codec.decode_step``
 (Mimi decoding one frame with its streaming state). The engines are taken from a loaded baseline cell
-(:class:`csm_core.bench.session.CellSession`) of each backend in ``CSM_BENCH_BACKENDS``, on the
+(:class:`csm_bench.session.CellSession`) of each backend in ``CSM_BENCH_BACKENDS``, on the
 ``CSM_BENCH_PRESET`` weights; a backend that cannot run here is skipped with the reason.
 """
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from benchmarks.conftest import BENCH_BACKENDS, BENCH_PRESET
-from csm_core.bench.matrix import REFERENCE_BACKEND, Cell, split_names
-from csm_core.bench.session import SKIP_ERRORS, CellSession, skip_reason
+from csm_bench.matrix import REFERENCE_BACKEND, Cell, split_names
+from csm_bench.session import SKIP_ERRORS, CellSession, skip_reason
 
 BACKENDS = [name for name in split_names(BENCH_BACKENDS, "CSM_BENCH_BACKENDS") if name != REFERENCE_BACKEND]
 COMPONENTS = ("backbone.prefill", "backbone.step", "decoder.frame", "codec.decode_step")
@@ -45,7 +45,7 @@ def speakers(matrix_runner):
 
 def _prompt(speaker):
     """(embeddings [1, T, D], positions [1, T]) of the benchmark text's prompt, as the csm stage builds it."""
-    from csm_core.bench.session import DEFAULT_TEXT
+    from csm_bench.session import DEFAULT_TEXT
     from csm_core.generation import build_prompt
 
     engines, embedder = speaker.engines, speaker.embedder

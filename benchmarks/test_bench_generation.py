@@ -39,7 +39,7 @@ def test_generate_csm_multi_pytorch(benchmark, preset_model, prompt):
 
 def test_generate_transformers_reference(benchmark, preset_model):
     """The reference row: transformers' ``CsmForConditionalGeneration.generate`` on the same weights."""
-    from csm_core.bench.reference import ReferenceSession
+    from csm_bench.reference import ReferenceSession
 
     reference = ReferenceSession(BENCH_PRESET, PROMPT_TEXT, BENCH_FRAMES)
     codes, _ = benchmark.pedantic(reference.generate, rounds=3, warmup_rounds=1)
@@ -51,8 +51,8 @@ def test_generate_csm_multi_onnxruntime(benchmark, preset_model, prompt, matrix_
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     import logging
 
-    from csm_core.bench.matrix import Cell
-    from csm_core.bench.session import cell_settings
+    from csm_bench.matrix import Cell
+    from csm_bench.session import cell_settings
     from csm_core.records import StageContext
     from csm_onnxruntime.engines import OnnxCsmEngines
 

@@ -1,6 +1,6 @@
 """Whole-turn benchmarks: the ``csm`` TTS stage through a Pipeline, over backend x optimizer set x preset.
 
-The same cells and measurements as ``csmctl bench`` (:mod:`csm_core.bench`): each round speaks the
+The same cells and measurements as ``csmctl bench`` (:mod:`csm_bench`): each round speaks the
 benchmark sentence greedily for ``CSM_BENCH_FRAMES`` frames, CSM and Mimi decoding included. Cells come
 from ``CSM_BENCH_BACKENDS`` x ``CSM_BENCH_OPTIMIZERS`` x ``CSM_BENCH_PRESETS`` (see conftest); one that
 cannot run here is skipped with the reason. ``extra_info`` holds frames/s, real-time factor, time to
@@ -15,9 +15,9 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.conftest import BENCH_BACKENDS, BENCH_OPTIMIZERS, BENCH_PRESETS
-from csm_core.bench.matrix import REFERENCE_BACKEND, parse_matrix
-from csm_core.bench.runner import Output, quality_against, turn_figures
-from csm_core.bench.session import SKIP_ERRORS, CellSession, skip_reason
+from csm_bench.matrix import REFERENCE_BACKEND, parse_matrix
+from csm_bench.runner import Output, quality_against, turn_figures
+from csm_bench.session import SKIP_ERRORS, CellSession, skip_reason
 from csm_model.presets import PRESETS
 
 CELLS = parse_matrix(BENCH_BACKENDS, BENCH_OPTIMIZERS, BENCH_PRESETS, PRESETS)
@@ -25,8 +25,8 @@ CELLS = parse_matrix(BENCH_BACKENDS, BENCH_OPTIMIZERS, BENCH_PRESETS, PRESETS)
 
 @pytest.mark.parametrize("cell", CELLS, ids=[cell.id for cell in CELLS])
 def test_whole_turn(benchmark, matrix_runner, cell):
-    from csm_core.bench.floor import floor_for
-    from csm_core.bench.memory import PeakMemory
+    from csm_bench.floor import floor_for
+    from csm_bench.memory import PeakMemory
     from csm_model.presets import get_preset
 
     benchmark.group = f"whole-turn {cell.preset}"

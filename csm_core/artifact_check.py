@@ -1,7 +1,7 @@
 """Checksum files: a cached artifact is loaded only when its bytes are the bytes that were written.
 
-Every on-disk cache of the project (ONNX graphs and their external data, ONNX Runtime's optimized
-graphs, TensorRT engines and timing caches, voice profiles) keeps beside its main file ``<name>.sha256``:
+Every on-disk cache of the project (the graphs, engines and other artifacts backends build, voice
+profiles) keeps beside its main file ``<name>.sha256``:
 the SHA-256 of each file of the artifact, one ``<hex>  <file name>`` line each (``sha256sum`` format,
 names relative to the folder, the main file first; a bare hash line names the main file). It is
 removed first when an artifact is replaced and written last, atomically, so an interrupted write leaves

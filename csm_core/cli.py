@@ -475,19 +475,6 @@ def export(
         typer.echo(f"wrote {path}")
 
 
-def _bench_group() -> typer.Typer:
-    """``csmctl bench``: the matrix when given no subcommand; plugins add subcommands to it
-    (:func:`csm_core.plugin_commands.command_group`)."""
-    from csm_core.bench.command import bench  # imports nothing heavy: the cells load models when they run
-
-    group = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    group.callback(invoke_without_command=True)(bench)
-    return group
-
-
-app.add_typer(_bench_group(), name="bench")
-
-
 def main() -> None:
     """Run ``csmctl``; usage errors (an unknown flag, a value of the wrong type, a missing argument) are
     one ``error:`` line and exit status 2, like every other refusal."""

@@ -87,11 +87,20 @@ class CsmEngines(Protocol):
     """What a backend returns for the ``csm`` component.
 
     ``frame_decoder`` is a :class:`FrameEngine` where the backend offers whole-frame decoding, else None.
+    ``batch_size`` is the rows the engines run now (their KV caches' rows); :meth:`for_batch` says whether
+    they can run another number, which is how batched speaking gets engines for its rows.
     """
 
     backbone: BackboneEngine
     decoder: DepthDecoderEngine
     frame_decoder: FrameEngine | None
+    batch_size: int
+
+    def for_batch(self, rows: int) -> CsmEngines | None:
+        """Engines that run ``rows`` rows: ``self`` when these already do, new engines over the same model
+        where the backend can re-allocate its caches (the eager PyTorch engines; the old ones must not be
+        used after), or None where the backend runs a fixed batch (exported graphs, captured CUDA graphs,
+        TensorRT engines): the caller then says so."""
 
 
 @runtime_checkable

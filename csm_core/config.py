@@ -45,6 +45,7 @@ MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; anything over 1 MiB is 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
 MAX_SPEAKER_ID = 1023  # CSM writes speaker ids as text, "[0]", "[1]": a larger id is a mistake (a seed, a port)
 BENCH_ENV_PREFIX = "CSM_BENCH_"  # the benchmark suite's own variables (benchmarks/conftest.py), not settings
+MAX_BATCH = 64  # utterances generated together at most (rows of the KV caches)
 DEFAULT_EMOTIONS = ("happy", "calm", "excited", "sad", "angry", "neutral")
 
 
@@ -72,13 +73,62 @@ class GenerationSettings(_Model):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed for reproducible sampling (0 .. 2**64-1)")
     max_silent_frames: int = Field(40, ge=1, description="stop after this many silent frames in a row")
-    trim_context: bool = Field(True, description="drop the oldest context to fit the 2048-position budget")
+    trim_context: bool = Field(
+        True,
+        description="choose the context within the position budget (the context policy, [context]); false: "
+        "pass the whole context, and a prompt that does not fit is an error",
+    )
+    max_batch: int | None = Field(
+        None,
+        description=f"speaking several texts (speak_many): generate up to this many together in one batch "
+        f"(1..{MAX_BATCH} rows of the model's caches); null: speak them one by one",
+    )
+
+    @field_validator("max_batch")
+    @classmethod
+    def _batch_rows(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_BATCH:
+            raise ValueError(
+                f"must be 1..{MAX_BATCH} utterances generated together (rows of one batch); "
+                "leave it out to speak several texts one by one"
+            )
+        return value
 
     def frame_limit(self, frame_rate: float = 12.5) -> int:
         """The number of frames allowed by both limits."""
         if self.max_audio_length_ms is None:
             return self.max_new_frames
         return max(1, min(self.max_new_frames, int(self.max_audio_length_ms / 1000 * frame_rate)))
+
+
+class ContextSettings(_Model):
+    """Which context CSM conditions on when it speaks: the context policy (:mod:`csm_core.context_policy`).
+
+    The current turn is always kept, the voice profile is pinned next, then the most recent turns, newest
+    first, while they fit the budget. Applies while ``generation.trim_context`` is true.
+    """
+
+    budget_positions: int | None = Field(
+        None,
+        description="backbone positions the context and the text to speak may take at most (the smaller of "
+        "this and the model's window minus the frames to generate is used; smaller: cheaper prefill, less "
+        "context); null: the model's window minus the frames to generate",
+    )
+    keep_text_of_dropped: bool = Field(
+        False,
+        description="an older turn whose audio no longer fits the budget stays in the context as its text "
+        "alone (a few positions) instead of being dropped",
+    )
+
+    @field_validator("budget_positions")
+    @classmethod
+    def _positive_budget(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(
+                "must be at least 1 position (it holds the context and the text to speak); leave it out "
+                "for the model's window minus the frames to generate"
+            )
+        return value
 
 
 class EmotionParams(_Model):
@@ -207,6 +257,9 @@ class Settings(_Model):
     models: ModelSources = Field(default_factory=ModelSources)
     stages: StageSelection = Field(default_factory=StageSelection)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    context: ContextSettings = Field(
+        default_factory=ContextSettings, description="which context CSM conditions on (the context policy)"
+    )
     emotions: dict[str, EmotionParams] = Field(default_factory=default_emotion_map)
     voice: VoiceSettings = Field(default_factory=VoiceSettings, description="the voice profile")
     optimizers: list[str] = Field(default_factory=list, description="optimizers to enable, by name")

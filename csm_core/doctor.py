@@ -1,8 +1,10 @@
-"""What `csmctl doctor` checks: runtimes installed, CUDA, and whether each backend can run here.
+"""What `csmctl doctor` checks: the model runtimes (torch, transformers), CUDA, what each backend
+checks of its own runtime (its ``Backend.doctor_checks``), and whether each backend can run here.
 
-"Here" means this machine, not what a package was built for: onnxruntime-gpu lists
-``CUDAExecutionProvider`` on a machine without a GPU too, so CUDA is reported usable only where the
-runtime has CUDA support *and* the NVIDIA driver reports a CUDA device (:func:`cuda_device_count`).
+"Here" means this machine, not what a package was built for: a runtime built for CUDA can list CUDA
+support on a machine without a GPU, so ``cuda`` is listed among a backend's devices only where the
+NVIDIA driver reports a CUDA device (:func:`cuda_device_count`) and the backend's ``device_check``
+does not object.
 """
 
 from __future__ import annotations
@@ -11,31 +13,27 @@ import ctypes
 import importlib.metadata as metadata
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from csm_core.errors import BackendUnavailable
-from csm_core.registry import Registry
 
-RUNTIMES = {
-    "torch": "torch",
-    "transformers": "transformers",
-    "onnxruntime": "onnxruntime",
-    "onnxruntime-gpu": "onnxruntime-gpu",
-    "tensorrt": "tensorrt",
-}
-# Distributions that all install the one ``onnxruntime`` import package; two at once overwrite each
-# other's files (pip does not stop it), and which providers work then depends on install order.
-ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime-gpu", "onnxruntime", "onnxruntime-directml", "onnxruntime-openvino")
+if TYPE_CHECKING:
+    from csm_core.registry import Registry
+
+# The distributions of the ``torch`` extra that every model stage needs, whatever the backend.
+RUNTIMES = ("torch", "transformers")
 
 
 @dataclass(frozen=True)
 class Check:
+    """One line of ``csmctl doctor``: what was checked, whether it passed, and what was found."""
+
     name: str
     ok: bool
     detail: str
 
 
-def installed_versions(names, path: list[str] | None = None) -> dict[str, str | None]:
+def installed_versions(names: Iterable[str], path: list[str] | None = None) -> dict[str, str | None]:
     """Distribution name -> installed version (None when absent), searched on ``path`` (default
     ``sys.path``). The first match on the path wins, as for imports."""
     found = {}
@@ -46,51 +44,25 @@ def installed_versions(names, path: list[str] | None = None) -> dict[str, str | 
     return found
 
 
-def onnxruntime_clash(versions: dict[str, str | None]) -> Check | None:
-    """A failed check naming what to uninstall when more than one onnxruntime distribution is installed."""
-    installed = [name for name in ONNXRUNTIME_DISTRIBUTIONS if versions.get(name)]
-    if len(installed) < 2:
-        return None
-    listing = ", ".join(f"{name} {versions[name]}" for name in installed)
-    keep = "onnxruntime-gpu" if "onnxruntime-gpu" in installed else installed[0]
-    return Check(
-        "onnxruntime packages",
-        False,
-        f"{listing} are all installed; they share the one onnxruntime module and the last one installed "
-        f"overwrote the others' files. Uninstall all of them, then install the one you want "
-        f"({keep} for CUDA, onnxruntime for CPU only): pip uninstall -y {' '.join(installed)} && "
-        f"pip install {keep}",
-    )
-
-
 def runtime_checks(path: list[str] | None = None) -> list[Check]:
-    """Installed runtime packages, the onnxruntime/onnxruntime-gpu clash, and CUDA.
+    """The installed model runtimes (:data:`RUNTIMES`) and CUDA through torch.
 
-    ``path``: the folders to look for installed distributions in (default ``sys.path``).
+    ``path``: the folders to look for installed distributions in (default ``sys.path``). What a backend
+    needs besides these, it checks itself (:func:`backend_checks`).
     """
     from csm_core.devices import cuda_status
 
-    checks = []
-    versions = installed_versions([*RUNTIMES.values(), *ONNXRUNTIME_DISTRIBUTIONS], path)
-    for name in ("torch", "transformers"):
-        checks.append(Check(name, versions[name] is not None, versions[name] or "not installed"))
-    providers = [f"{dist} {versions[dist]}" for dist in ONNXRUNTIME_DISTRIBUTIONS if versions[dist]]
-    checks.append(Check("onnxruntime", bool(providers), ", ".join(providers) or "not installed"))
-    checks.append(Check("tensorrt", versions["tensorrt"] is not None, versions["tensorrt"] or "not installed"))
-    clash = onnxruntime_clash(versions)
-    if clash is not None:
-        checks.append(clash)
+    versions = installed_versions(RUNTIMES, path)
+    checks = [Check(name, versions[name] is not None, versions[name] or "not installed") for name in RUNTIMES]
     usable, reason = cuda_status() if versions["torch"] else (False, "torch is not installed")
     checks.append(Check("cuda", usable, reason))
-    if any(versions[dist] for dist in ONNXRUNTIME_DISTRIBUTIONS):
-        checks.append(onnxruntime_cuda_check())
     return checks
 
 
 def cuda_device_count() -> tuple[int, str]:
     """(CUDA devices the NVIDIA driver reports on this machine, what was found), asked of the driver
     (``libcuda``: ``cuInit``, ``cuDeviceGetCount``) directly, so the answer does not depend on how torch
-    or onnxruntime were built. ``CUDA_VISIBLE_DEVICES`` applies."""
+    or a backend's runtime were built. ``CUDA_VISIBLE_DEVICES`` applies."""
     names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
     driver = None
     for name in names:
@@ -115,34 +87,35 @@ def cuda_device_count() -> tuple[int, str]:
     return count.value, f"{count.value} CUDA device{'s' if count.value > 1 else ''}"
 
 
-def onnxruntime_cuda_check(device_count: Callable[[], tuple[int, str]] = cuda_device_count) -> Check:
-    """Whether ONNX Runtime can run on CUDA here: its build has ``CUDAExecutionProvider`` and
-    ``device_count()`` finds a CUDA device. (A session can still fail later when the CUDA/cuDNN libraries
-    that provider loads are missing; the backend says so when it opens one.)"""
-    try:
-        import onnxruntime as ort
-    except Exception as exc:  # a broken install (see the clash check) must not take doctor down
-        return Check("onnxruntime cuda", False, f"onnxruntime does not import: {type(exc).__name__}: {exc}")
-    providers = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in providers:
-        return Check(
-            "onnxruntime cuda", False,
-            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (it has {', '.join(providers)}): "
-            "pip install onnxruntime-gpu for CUDA",
-        )
-    count, found = device_count()
-    if count == 0:
-        return Check("onnxruntime cuda", False,
-                     f"onnxruntime {ort.__version__} has CUDAExecutionProvider, but {found} on this machine")
-    return Check("onnxruntime cuda", True, f"CUDAExecutionProvider, {found}")
-
-
 def usable_backends(registry: Registry) -> list[str]:
     """The names of the registered backends whose ``check()`` passes here."""
-    return [check.name.removeprefix("backend ") for check in backend_checks(registry) if check.ok]
+    return [check.name.removeprefix("backend ") for check in usability_checks(registry) if check.ok]
 
 
 def backend_checks(
+    registry: Registry, device_count: Callable[[], tuple[int, str]] = cuda_device_count
+) -> list[Check]:
+    """What every registered backend checks of its own runtime (:func:`runtime_checks_of`), then
+    whether each can run here (:func:`usability_checks`)."""
+    return runtime_checks_of(registry) + usability_checks(registry, device_count)
+
+
+def runtime_checks_of(registry: Registry) -> list[Check]:
+    """The checks each backend's ``doctor_checks`` returns (its packages, its runtime's view of the
+    devices), backends in name order. One that raises is reported as a failed check of its own."""
+    checks: list[Check] = []
+    for name, registered in sorted(registry.backends.items()):
+        doctor_checks = registered.record.doctor_checks
+        if doctor_checks is None:
+            continue
+        try:
+            checks.extend(doctor_checks())
+        except Exception as exc:  # noqa: BLE001 - a plugin's checks must not take doctor down
+            checks.append(Check(f"{name} checks", False, f"doctor checks failed: {type(exc).__name__}: {exc}"))
+    return checks
+
+
+def usability_checks(
     registry: Registry, device_count: Callable[[], tuple[int, str]] = cuda_device_count
 ) -> list[Check]:
     """Each registered backend: usable here, or why not, and which of its devices this machine has.

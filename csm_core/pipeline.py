@@ -7,14 +7,19 @@ Audio in::
 
 Text in skips the stages that need audio. Each stage's implementation and backend are chosen by name
 from the config; every name is checked before any model loads, and stage objects are built on first
-use, or ahead of the first turn by :meth:`Pipeline.preload`. Each stage runs through the ``run_stage``
-hook, so wrapper plugins (optimizers, tracing) act around it.
+use, or ahead of the first turn by :meth:`Pipeline.preload`; each object is checked against its stage
+protocol and the capabilities it claims as it is built (:func:`csm_core.stages.check_stage`). Each
+stage runs through the ``run_stage`` hook, so wrapper plugins (optimizers, tracing) act around it.
+
+Speaking: :meth:`Pipeline.speak`, :meth:`Pipeline.turn` and :meth:`Pipeline.speak_batch` build their
+speech requests one way (:meth:`Pipeline._speak`): the emotion map's sampling parameters, the voice
+profile pinned, the context chosen by the context policy (:mod:`csm_core.context_policy`).
 
 Loading (``Settings.loading``):
 
 - ``"eager"`` (default): ``preload(stages)`` builds the stages before it returns; a stage not
   preloaded is built on first use.
-- ``"progressive"`` (switched on by the ``progressive-loading`` optimizer): ``preload(stages)``
+- ``"progressive"`` (an optimizer may switch it on through ``configure``): ``preload(stages)``
   checks the names, starts one background thread that builds the stages in the order a turn needs
   them (:func:`load_order`), and returns at once. ``stage(kind)`` waits for a stage the thread owns;
   a failed background load is raised in the caller's thread as :class:`StageLoadError` naming the
@@ -30,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -37,16 +43,20 @@ import numpy as np
 
 from csm_core.audio import MIMI_SAMPLE_RATE, Audio
 from csm_core.config import Settings, apply_overrides
-from csm_core.context_window import context_for_turn, utf8_token_bound
+from csm_core.context_policy import context_for_turn, stage_window
 from csm_core.conversation import Conversation
 from csm_core.emotion import speech_params
 from csm_core.errors import BackendUnavailable, CsmError
-from csm_core.metrics import StageTiming, TurnMetrics, peak_rss_bytes
+from csm_core.metrics import StageTiming, peak_rss_bytes
 from csm_core.plugins import Plugins
 from csm_core.records import StageContext
 from csm_core.registry import Registry
-from csm_core.stages import Reply, ReplyRequest, Segment, SpeechParams, SpeechRequest
+from csm_core.stages import (
+    BATCH, Reply, ReplyRequest, Segment, SpeechRequest, check_stage, has_capability,
+)
+from csm_core.turn import Turn
 from csm_core.user_text import check_text
+from csm_core.voice_profile import profile_segment, tokenizer_encoder
 
 log = logging.getLogger("csm.pipeline")
 
@@ -93,36 +103,6 @@ class _StageSlot:
     pending: threading.Event | None = None
 
 
-@dataclass
-class Turn:
-    """What one turn produced. Wrappers of ``run_stage`` see it while it is being filled in."""
-
-    input_audio: Audio | None = None
-    codes: np.ndarray | None = None
-    transcript: str | None = None
-    sentiment: Any = None
-    reply: Reply | None = None
-    params: SpeechParams | None = None
-    audio: Audio | None = None
-    reply_codes: np.ndarray | None = None
-    metrics: TurnMetrics = field(default_factory=TurnMetrics)
-    started: float = field(default_factory=time.perf_counter, repr=False)  # perf_counter() at the turn's start
-
-    def to_dict(self) -> dict:
-        """The turn for ``--json``: text, sentiment, emotion, parameters and metrics (no samples)."""
-        sentiment = self.sentiment
-        return {
-            "transcript": self.transcript,
-            "sentiment": sentiment.to_dict() if hasattr(sentiment, "to_dict") else sentiment,
-            "emotion": self.reply.emotion if self.reply else None,
-            "reply": self.reply.text if self.reply else None,
-            "reply_fallback": self.reply.fallback if self.reply else None,
-            "params": None if self.params is None else vars(self.params),
-            "audio_seconds": self.audio.duration_s if self.audio else 0.0,
-            "metrics": self.metrics.to_dict(),
-        }
-
-
 class Pipeline:
     """Runs turns with the stages and backends that ``settings`` names."""
 
@@ -153,7 +133,9 @@ class Pipeline:
     def _context(self, stage: str) -> StageContext:
         with self._guard:
             if stage not in self._contexts:
-                backend = self.registry.backend(self.settings.backend_for(stage))
+                backend = None  # a stage that declares no components gets no backend (nor the optimizers)
+                if stage in self.registry.stages and self.registry.stage(stage, getattr(self.settings.stages, stage)).components:
+                    backend = self.registry.backend(self.settings.backend_for(stage))
                 self._contexts[stage] = StageContext(
                     stage=stage, settings=self.settings, registry=self.registry, backend=backend,
                     log=logging.getLogger(f"csm.{stage}"), resources=self._resources, hook=self.plugins.hook,
@@ -220,7 +202,9 @@ class Pipeline:
         context = self._context(kind)
         with self._build_lock:
             log.info("loading %s stage %r", kind, impl.name)
-            return impl.factory(context)
+            stage = impl.factory(context)
+        check_stage(kind, impl.name, stage)
+        return stage
 
     def stage(self, kind: str) -> Any:
         """The stage object for ``kind``: built on first use, or waited for while a progressive
@@ -312,22 +296,25 @@ class Pipeline:
         self.close()
 
     # -- running --------------------------------------------------------------------------------
-    def _run(self, kind: str, turn: Turn, work: Callable[[Any], Any]) -> Any:
+    def _run(self, kind: str, turn: Turn, work: Callable[[Any], Any], rows: Sequence[Turn] = ()) -> Any:
+        """``work(stage)`` through the ``run_stage`` hook (whose wrappers see ``turn``); the stage's timing
+        and the events it reported go to ``turn``, or to each of ``rows`` when one run serves several turns
+        (a batch)."""
         stage = self._loaded_stage(kind, turn)
         started = time.perf_counter()
         result = self.plugins.hook.run_stage(stage=kind, call=lambda: work(stage), turn=turn)
         context = self._contexts[kind]
-        turn.metrics.stages.append(
-            StageTiming(
-                stage=kind,
-                implementation=getattr(self.settings.stages, kind),
-                backend=context.backend.name if context.backend else None,
-                seconds=time.perf_counter() - started,
-                peak_rss_bytes=peak_rss_bytes(),
-                peak_device_bytes=_peak_device_bytes(),
-            )
+        timing = StageTiming(
+            stage=kind,
+            implementation=getattr(self.settings.stages, kind),
+            backend=context.backend.name if context.backend else None,
+            seconds=time.perf_counter() - started,
+            peak_rss_bytes=peak_rss_bytes(),
+            peak_device_bytes=_peak_device_bytes(),
         )
-        turn.metrics.events.extend(context.events)
+        for each in rows or (turn,):
+            each.metrics.stages.append(timing)
+            each.metrics.events.extend(context.events)
         context.events.clear()
         return result
 
@@ -342,8 +329,38 @@ class Pipeline:
         turn = Turn(reply=Reply(text=text, emotion=emotion or "neutral"))
         self._flush_events(turn)
         history = tuple(self.conversation.segments) if context is None else tuple(context)
-        self._speak(turn, history, None, on_audio)
+        self._speak([turn], history, None, on_audio)
         return turn
+
+    def speak_batch(self, texts: Sequence[str], emotion: str | None = None,
+                    context: tuple[Segment, ...] | None = None) -> list[Turn]:
+        """Speak ``texts`` together, in one batch of the tts stage (its ``"batch"`` capability,
+        :class:`~csm_core.stages.BatchSpeaker`); one :class:`Turn` per text, in order.
+
+        Each text gets the request :meth:`speak` would build for it (voice profile, context policy,
+        emotion map), after ``context`` (None: the conversation so far); none is added to the
+        conversation. Each turn gets the whole batch's tts timing and ``generation_seconds``; wrappers of
+        ``run_stage`` act around the whole batch and see the first turn. Texts are checked as
+        :meth:`speak` checks its text. Most callers want :func:`csm_core.utterances.speak_many`, which
+        splits the texts into batches of ``generation.max_batch``.
+        """
+        if isinstance(texts, str) or not texts:
+            raise CsmError("speak_batch: give a non-empty list of texts to speak together")
+        for index, text in enumerate(texts):
+            check_text(text, f"text {index} to speak")
+        self.require("tts", *self._profile_stages())
+        turns = [Turn(reply=Reply(text=text, emotion=emotion or "neutral")) for text in texts]
+        self._flush_events(turns[0])
+        speaker = self._loaded_stage("tts", turns[0])
+        if not has_capability(speaker, BATCH):
+            raise CsmError(
+                f"the tts stage {self.settings.stages.tts!r} cannot speak in batches (it does not claim the "
+                f"{BATCH!r} capability: no speak_batch); unset generation.max_batch (or remove the optimizer "
+                "that sets it) to speak one by one"
+            )
+        history = tuple(self.conversation.segments) if context is None else tuple(context)
+        self._speak(turns, history, None, None, batched=True)
+        return turns
 
     def turn(self, audio: Audio | None = None, text: str | None = None,
              on_audio: OnAudio | None = None) -> Turn:
@@ -375,7 +392,7 @@ class Pipeline:
         if turn.reply.fallback:
             turn.metrics.events.append(f"llm reply fell back to plain text: {turn.reply.fallback}")
         user = Segment(self.settings.user_speaker, turn.transcript or "", turn.codes)
-        self._speak(turn, history, user, on_audio)
+        self._speak([turn], history, user, on_audio)
         self.conversation.add(user)
         self.conversation.add(Segment(self.settings.speaker, turn.reply.text, turn.reply_codes))
         return turn
@@ -402,49 +419,62 @@ class Pipeline:
         """The configured voice profile (``[voice]``) as a context segment, encoded on first use and
         cached on disk; None when no profile is configured."""
         if self._profile is None:
-            from csm_core.voice_profile import profile_segment, tokenizer_encoder
-
             report = self._context("tts").report
             self._profile = (profile_segment(self.settings, tokenizer_encoder(self), report),)
         return self._profile[0]
 
-    def _speak(self, turn: Turn, history: tuple[Segment, ...], user: Segment | None,
-               on_audio: OnAudio | None) -> None:
-        """Speak ``turn.reply`` after ``history`` (+ the ``user`` segment), with the voice profile pinned;
-        the context is chosen within the position budget by :func:`context_for_turn`."""
+    def _speak(self, turns: list[Turn], history: tuple[Segment, ...], user: Segment | None,
+               on_audio: OnAudio | None, batched: bool = False) -> None:
+        """Speak each turn's reply after ``history`` (+ the ``user`` segment): the one speaking path.
+
+        Every turn gets the same request building: sampling parameters from the emotion map (one
+        emotion per call), the voice profile pinned, the context chosen within the tts stage's position
+        window by :func:`~csm_core.context_policy.context_for_turn`. One turn is spoken with the stage's
+        ``speak``; with ``batched`` all of them together with its ``speak_batch``. ``on_audio`` receives
+        every chunk as it is made.
+        """
         report = self._context("tts").report
-        turn.params = speech_params(self.settings, turn.reply.emotion if turn.reply else None, report)
-        speaker = self._loaded_stage("tts", turn)
-        context, events = context_for_turn(
-            history, self.voice_profile(), user, self.settings,
-            speaker=self.settings.speaker, text=turn.reply.text,
-            max_positions=getattr(speaker, "max_positions", 2048),
-            text_tokens=getattr(speaker, "count_text_tokens", utf8_token_bound),
-        )
-        turn.metrics.events.extend(events)
-        request = SpeechRequest(
-            text=turn.reply.text, speaker=self.settings.speaker, params=turn.params, context=context
-        )
-        chunks: list[np.ndarray] = []
-        codes: list[np.ndarray] = []
+        emotion = turns[0].reply.emotion if turns[0].reply else None
+        params = speech_params(self.settings, emotion, report)
+        speaker = self._loaded_stage("tts", turns[0])
+        max_positions, text_tokens = stage_window(speaker)
+        profile = self.voice_profile()
+        requests = []
+        for turn in turns:
+            turn.params = params
+            context, events = context_for_turn(
+                history, profile, user, self.settings,
+                speaker=self.settings.speaker, text=turn.reply.text,
+                max_positions=max_positions, text_tokens=text_tokens,
+            )
+            turn.metrics.events.extend(events)
+            requests.append(
+                SpeechRequest(text=turn.reply.text, speaker=self.settings.speaker, params=params, context=context)
+            )
+        chunks: list[list[np.ndarray]] = [[] for _ in turns]
+        codes: list[list[np.ndarray]] = [[] for _ in turns]
         started = time.perf_counter()
 
         def generate(speaker) -> None:
-            for chunk in speaker.speak(request):
-                if turn.metrics.time_to_first_audio_s is None:
-                    turn.metrics.time_to_first_audio_s = time.perf_counter() - turn.started
-                chunks.append(chunk.samples)
-                codes.append(chunk.codes)
+            stream = speaker.speak_batch(requests) if batched else ((0, c) for c in speaker.speak(requests[0]))
+            for row, chunk in stream:
+                metrics = turns[row].metrics
+                if metrics.time_to_first_audio_s is None:
+                    metrics.time_to_first_audio_s = time.perf_counter() - turns[row].started
+                chunks[row].append(chunk.samples)
+                codes[row].append(chunk.codes)
                 if on_audio is not None:
                     on_audio(chunk.samples)
 
-        self._run("tts", turn, generate)
-        turn.metrics.generation_seconds = time.perf_counter() - started
-        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-        turn.audio = Audio(samples.astype(np.float32, copy=False), speaker.sample_rate)
-        turn.reply_codes = np.concatenate(codes, axis=1) if codes else None
-        turn.metrics.audio_seconds = turn.audio.duration_s
-        turn.metrics.frames = 0 if turn.reply_codes is None else int(turn.reply_codes.shape[1])
+        self._run("tts", turns[0], generate, rows=turns)
+        seconds = time.perf_counter() - started
+        for turn, row_chunks, row_codes in zip(turns, chunks, codes):
+            samples = np.concatenate(row_chunks) if row_chunks else np.zeros(0, dtype=np.float32)
+            turn.audio = Audio(samples.astype(np.float32, copy=False), speaker.sample_rate)
+            turn.reply_codes = np.concatenate(row_codes, axis=1) if row_codes else None
+            turn.metrics.generation_seconds = seconds
+            turn.metrics.audio_seconds = turn.audio.duration_s
+            turn.metrics.frames = 0 if turn.reply_codes is None else int(turn.reply_codes.shape[1])
 
 
 def _peak_device_bytes() -> int | None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping
 
 from csm_core.errors import BackendUnavailable
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only; registry imports this module
     from csm_core.config import Settings
+    from csm_core.doctor import Check
     from csm_core.registry import Registry
 
 
@@ -29,11 +30,14 @@ class Backend:
     the weights), ``context`` a :class:`StageContext`. ``check()`` returns nothing when the backend can
     run here and raises :class:`csm_core.errors.BackendUnavailable` saying what is missing otherwise;
     it must be cheap and must not load models. ``prepare(context, progress)``, when given, builds the
-    backend's artifacts ahead of time (ONNX graphs, TensorRT engines) for ``csmctl export`` and returns
-    the paths written; ``progress(description, completed, total)`` reports how far it is.
+    backend's artifacts ahead of time (exported graphs, compiled engines) for ``csmctl export`` and
+    returns the paths written; ``progress(description, completed, total)`` reports how far it is.
     ``device_check(device)``, when given, says why the backend's runtime cannot use ``device`` on this
-    machine although the machine has it (an onnxruntime build without the CUDA provider), or returns
-    None when it can; ``csmctl doctor`` reports it. Like ``check`` it must be cheap.
+    machine although the machine has it (a runtime build without CUDA support), or returns None when
+    it can; ``csmctl doctor`` reports it. ``doctor_checks()``, when given, returns what ``csmctl
+    doctor`` lists about the backend's runtime besides ``check()``, one :class:`csm_core.doctor.Check`
+    each (installed packages, packages that clash, the runtime's own view of CUDA); it is called even
+    when ``check()`` fails, so it can say what is missing. Like ``check`` these two must be cheap.
     """
 
     name: str
@@ -43,6 +47,7 @@ class Backend:
     devices: tuple[str, ...] = ("cpu",)
     prepare: Callable[["StageContext", Callable[[str, int, int], None]], list] | None = None
     device_check: Callable[[str], str | None] | None = None
+    doctor_checks: Callable[[], Iterable["Check"]] | None = None
 
     def __post_init__(self) -> None:
         _check_name(self, self.name)
@@ -56,8 +61,9 @@ class StageImpl:
     """An implementation of one pipeline stage; ``factory(context)`` builds the stage object.
 
     ``components`` lists the engine kinds the stage asks its backend for (``("csm", "codec")`` for
-    CSM); the pipeline checks before loading anything that the selected backend provides them and can
-    run here. A stage that runs on no backend leaves it empty.
+    CSM); the pipeline checks before loading anything that the backend the settings name for the stage
+    provides them and can run here. A stage that declares none gets no backend: its
+    ``StageContext.backend`` is None, and no backend is checked for it.
     """
 
     name: str
@@ -96,7 +102,11 @@ class Optimizer:
 
 @dataclass
 class StageContext:
-    """What a stage, backend engine or optimizer factory is given."""
+    """What a stage, backend engine or optimizer factory is given.
+
+    ``backend`` is the backend the settings name for the stage (``backends.<stage>``, else
+    ``backend``) when the stage declares components (:attr:`StageImpl.components`), else None.
+    """
 
     stage: str
     settings: "Settings"
@@ -121,7 +131,10 @@ class StageContext:
     def engine(self, component: str, module: Any) -> Any:
         """Build ``component``'s engine from its PyTorch ``module`` on this stage's backend."""
         if self.backend is None:
-            raise BackendUnavailable(f"the {self.stage} stage was built without a backend")
+            raise BackendUnavailable(
+                f"the {self.stage} stage has no backend to build a {component!r} engine on: a stage that "
+                f"builds engines must list them in its StageImpl.components"
+            )
         if not self.backend.supports(component):
             raise BackendUnavailable(
                 f"backend {self.backend.name!r} has no engine for component {component!r} "

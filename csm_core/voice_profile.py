@@ -32,6 +32,7 @@ from csm_core.audio import MIMI_SAMPLE_RATE, Audio, read_audio
 from csm_core.errors import CsmError
 from csm_core.files import file_sha256
 from csm_core.stages import Segment
+from csm_core.turn import Turn
 
 if TYPE_CHECKING:
     from csm_core.config import Settings, VoiceSettings
@@ -234,10 +235,8 @@ def profile_segment(settings: "Settings", encode: Encode, report: Callable[[str]
 
 def tokenizer_encoder(pipeline: Any) -> Encode:
     """An :data:`Encode` that runs ``pipeline``'s tokenizer stage through the ``run_stage`` hook (so
-    wrapper plugins and optimizers such as ``profile-cache`` see it), on a turn of its own whose
+    wrapper plugins, optimizers among them, see it), on a turn of its own whose
     ``input_audio`` is the clip."""
-    from csm_core.pipeline import Turn  # the pipeline imports this module's users: import late
-
     def encode(audio: Audio) -> np.ndarray:
         stage = pipeline.stage("tokenizer")
         turn = Turn(input_audio=audio)

@@ -1,5 +1,5 @@
 """Tiny-preset pipelines for the optimizer tests, with the in-tree plugins loaded through their entry
-points (the path users take): ``pytorch`` and ``optimizers``, plus whatever else a test names."""
+points (the path users take): ``model``, ``pytorch`` and ``optimizers``, plus whatever else a test names."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def tiny_pipeline(*extra_plugins: str, **settings) -> Pipeline:
     """A pipeline on the tiny preset, on CPU unless ``device`` is given; ``settings`` as for Settings."""
     settings.setdefault("models", {"preset": "tiny"})
     settings.setdefault("device", "cpu")
-    load = ",".join(("pytorch", "optimizers", *extra_plugins))
+    load = ",".join(("model", "pytorch", "optimizers", *extra_plugins))
     return Pipeline(Settings(**settings), Plugins.from_environment({"CSM_LOAD_PLUGINS": load}))
 
 

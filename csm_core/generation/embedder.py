@@ -9,15 +9,29 @@ codes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from csm_model.model import Csm
+__all__ = ["EmbeddingTables", "FrameEmbedder"]
 
-__all__ = ["FrameEmbedder"]
+
+class _Table(Protocol):
+    weight: torch.Tensor  # [rows, D], as in ``nn.Embedding``
+
+
+class _Sizes(Protocol):
+    num_codebooks: int
+
+
+class EmbeddingTables(Protocol):
+    """What :meth:`FrameEmbedder.from_model` reads from a model: its text table [text_vocab, D], its
+    audio table [K*V, D] (both ``nn.Embedding``-like) and ``args.num_codebooks`` (K)."""
+
+    text_embeddings: _Table
+    audio_embeddings: _Table
+    args: _Sizes
 
 
 class FrameEmbedder:
@@ -41,8 +55,8 @@ class FrameEmbedder:
         self._offsets = torch.arange(num_codebooks, device=audio_embeddings.device) * self.audio_vocab_size
 
     @classmethod
-    def from_model(cls, model: Csm) -> FrameEmbedder:
-        """Share the embedding tables of a :class:`csm_model.model.Csm` (no copy)."""
+    def from_model(cls, model: EmbeddingTables) -> FrameEmbedder:
+        """Share the embedding tables of a CSM model (no copy)."""
         text, audio = model.text_embeddings.weight.detach(), model.audio_embeddings.weight.detach()
         return cls(text, audio, model.args.num_codebooks)
 

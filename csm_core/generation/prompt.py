@@ -5,6 +5,10 @@ its text frames ``[speaker]text`` (one text token per frame, BOS/EOS as the toke
 its audio frames followed by one all-zero end-of-audio frame; then the text frames of the utterance to
 speak. Generation continues right after it, one position per new frame, within the backbone's position
 budget (2048 for CSM-1B).
+
+The prompt holds the context it is given: which context fits the budget is chosen before, by the one
+context policy (:mod:`csm_core.context_policy`, which the pipeline applies to every utterance). A
+prompt that does not leave room for the frames to generate is an error here, never trimmed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from csm_core.stages import Segment
 
 __all__ = ["TextTokenizer", "Segment", "Prompt", "segment_frames", "text_frames", "build_prompt", "check_budget"]
 
@@ -26,29 +32,11 @@ class TextTokenizer(Protocol):
 
 
 @dataclass(frozen=True)
-class Segment:
-    """One turn of the conversation: ``speaker`` id, its ``text`` and, for context, its ``audio_codes`` [K,F]."""
-
-    speaker: int
-    text: str
-    audio_codes: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.speaker, bool) or not isinstance(self.speaker, int) or self.speaker < 0:
-            raise ValueError(f"Segment.speaker={self.speaker!r}: must be an integer >= 0")
-        codes = self.audio_codes
-        if codes is not None and (not isinstance(codes, torch.Tensor) or codes.ndim != 2 or codes.is_floating_point()):
-            shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-            raise ValueError(f"Segment.audio_codes: must be an integer tensor [K,F], got {shape}")
-
-
-@dataclass(frozen=True)
 class Prompt:
-    """``tokens`` [T,K+1] int64 and ``mask`` [T,K+1] bool; ``context_used`` context segments kept (the newest)."""
+    """``tokens`` [T,K+1] int64 and ``mask`` [T,K+1] bool."""
 
     tokens: torch.Tensor
     mask: torch.Tensor
-    context_used: int = 0
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -65,10 +53,12 @@ def text_frames(
     return tokens, mask
 
 
-def audio_frames(codes: torch.Tensor, num_codebooks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Audio codes [K,F] -> (tokens [F+1,K+1], mask [F+1,K+1]): the frames, then an all-zero end frame."""
+def audio_frames(codes, num_codebooks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio codes [K,F] (array or tensor) -> (tokens [F+1,K+1], mask [F+1,K+1]): the frames, then an
+    all-zero end frame."""
+    codes = torch.as_tensor(codes)
     if codes.shape[0] != num_codebooks:
-        raise ValueError(f"Segment.audio_codes has {codes.shape[0]} codebooks, the model has {num_codebooks}")
+        raise ValueError(f"Segment.codes has {codes.shape[0]} codebooks, the model has {num_codebooks}")
     tokens = torch.zeros(codes.shape[1] + 1, num_codebooks + 1, dtype=torch.long)
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     tokens[:-1, :-1], mask[:, :-1] = codes.t().to(device="cpu", dtype=torch.long), True
@@ -78,8 +68,8 @@ def audio_frames(codes: torch.Tensor, num_codebooks: int) -> tuple[torch.Tensor,
 def segment_frames(segment: Segment, tokenizer: TextTokenizer, num_codebooks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A context segment -> its text frames, then (if it has audio) its audio frames and end frame."""
     tokens, mask = text_frames(segment.speaker, segment.text, tokenizer, num_codebooks)
-    if segment.audio_codes is not None:
-        audio_tokens, audio_mask = audio_frames(segment.audio_codes, num_codebooks)
+    if segment.codes is not None:
+        audio_tokens, audio_mask = audio_frames(segment.codes, num_codebooks)
         tokens, mask = torch.cat((tokens, audio_tokens)), torch.cat((mask, audio_mask))
     return tokens, mask
 
@@ -90,7 +80,8 @@ def check_budget(prompt_len: int, max_frames: int, max_positions: int) -> None:
         raise ValueError(
             f"prompt of {prompt_len} positions + max_frames={max_frames} exceeds the {max_positions}-position "
             f"budget (room for {max(max_positions - prompt_len, 0)} new frames): shorten the context or the "
-            "text, lower max_frames, or let the oldest context be trimmed (trim_context=True)"
+            "text, or lower max_frames (the pipeline's context policy trims the oldest context to fit unless "
+            "generation.trim_context = false)"
         )
 
 
@@ -103,28 +94,16 @@ def build_prompt(
     num_codebooks: int,
     max_frames: int,
     max_positions: int = 2048,
-    trim_context: bool = False,
 ) -> Prompt:
-    """The prompt for speaking ``text`` as ``speaker`` after ``context`` (oldest first).
+    """The prompt for speaking ``text`` as ``speaker`` after ``context`` (oldest first, all of it).
 
-    It must leave ``max_frames`` of ``max_positions`` free. If it does not: with ``trim_context`` the
-    oldest context segments are dropped until it fits; otherwise, or when even the text alone does not fit,
-    ValueError.
+    It must leave ``max_frames`` of ``max_positions`` free, else ValueError (choose the context with
+    :func:`csm_core.context_policy.context_for_turn` first).
     """
     if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
         raise ValueError(f"max_frames={max_frames!r}: must be an integer >= 1")
     Segment(speaker, text)  # validates the speaker id
-    current = text_frames(speaker, text, tokenizer, num_codebooks)
     parts = [segment_frames(s, tokenizer, num_codebooks) for s in context]
-    lengths = [t.shape[0] for t, _ in parts]
-    first = 0
-    if trim_context:
-        while first < len(parts) and sum(lengths[first:]) + len(current[0]) + max_frames > max_positions:
-            first += 1
-    check_budget(sum(lengths[first:]) + len(current[0]), max_frames, max_positions)
-    kept = parts[first:] + [current]
-    return Prompt(
-        tokens=torch.cat([t for t, _ in kept]),
-        mask=torch.cat([m for _, m in kept]),
-        context_used=len(parts) - first,
-    )
+    parts.append(text_frames(speaker, text, tokenizer, num_codebooks))
+    check_budget(sum(t.shape[0] for t, _ in parts), max_frames, max_positions)
+    return Prompt(tokens=torch.cat([t for t, _ in parts]), mask=torch.cat([m for _, m in parts]))

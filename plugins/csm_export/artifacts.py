@@ -148,14 +148,6 @@ def data_file_names(path: Path, count: int) -> list[str]:
     return [f"{path.name}.{i}{DATA_SUFFIX}" for i in range(count)]
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The file's ``metadata_props`` (raises when the file is not a loadable ONNX model)."""
-    import onnx
-
-    model = onnx.load_model(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def problem_with(path: Path, spec: ArtifactSpec, recorded: dict[str, str] | None = None) -> str | None:
     """Why the artifact at ``path`` (graph, data files, checksum file) cannot be used for ``spec``, or None.
 

@@ -12,9 +12,9 @@ Graphs (``B`` is the batch size fixed at export, 1 by default):
 - ``decoder``: ``T`` dynamic in 1..2 (2 on the first call of a frame, then 1).
 - ``mimi_decoder_step``: ``codes`` [B,K,F] with ``F`` dynamic, state tensors in and out.
 
-The Mimi *encoder* is not exported: the dynamo exporter fails on transformers' length-dependent
-padding (``GuardOnDataDependentSymNode`` in ``sdpa_attention_forward``) and the TorchScript exporter on
-``aten::diff``; :class:`csm_onnxruntime.engines.OnnxMimi` encodes in PyTorch and reports that it does.
+The Mimi *encoder* is exported as a streaming step instead (:mod:`csm_export.mimi_encoder`): on whole
+utterances the dynamo exporter fails on transformers' length-dependent padding
+(``GuardOnDataDependentSymNode`` in ``sdpa_attention_forward``) and the TorchScript exporter on ``aten::diff``.
 """
 
 from __future__ import annotations
@@ -82,12 +82,6 @@ def export_csm_part(model, graph: str, path: Path, batch_size: int = 1) -> None:
     _export(module, (embeds, positions, *past), dynamic, path, ["inputs_embeds", "position_ids", *past_names], outputs)
 
 
-def mimi_state_names(mimi, batch_size: int = 1) -> list[str]:
-    from csm_model.mimi_streaming import MimiStreamingDecoder
-
-    return list(MimiStreamingDecoder(mimi).init_state(batch_size).tensors())
-
-
 def export_mimi_decoder_step(mimi, num_codebooks: int, path: Path, batch_size: int = 1) -> None:
     from csm_model.mimi_streaming import MimiStreamingDecoder
 
@@ -95,7 +89,6 @@ def export_mimi_decoder_step(mimi, num_codebooks: int, path: Path, batch_size: i
     state = MimiStreamingDecoder(mimi).init_state(batch_size).tensors()
     names = list(state)
     codes = torch.randint(0, mimi.config.codebook_size, (batch_size, num_codebooks, 2), device=state[names[0]].device)
-    frames = torch.export.Dim("frames", min=1, max=4096)
     dynamic = ({2: torch.export.Dim.AUTO}, tuple(None for _ in names))
     _export(
         MimiDecoderStepGraph(mimi, names), (codes, *state.values()), dynamic, path,

@@ -1,7 +1,7 @@
 """A transformers causal LM as one ONNX graph with explicit, fixed-size key/value caches.
 
 transformers' cache objects hold their tensors as mutable Python state, not as the explicit graph
-inputs and outputs this backend binds. :class:`CausalLmGraph` therefore runs the model's own
+inputs and outputs a runtime binds. :class:`CausalLmGraph` therefore runs the model's own
 modules (embedding, RMS norms, q/k/v/o projections, rotary table, MLP, head) with a static cache
 written by ``scatter`` at the given positions, the way :mod:`csm_export.graphs` does for CSM.
 Supported are the Llama-family decoders whose layers are exactly that: :data:`SUPPORTED_MODEL_TYPES`

@@ -19,8 +19,7 @@ transformer linear layers of a float32 graph become ONNX Runtime ``MatMulNBits``
 :mod:`csm_export.quantization`), applied by :func:`convert_graph` after the dtype pass. It is
 part of :meth:`PrecisionPlan.as_dict` and so of the cache key; with a reduced ``dtype`` it is an error
 (the quantized layers compute in float32 activations).
-This module lives in the ONNX Runtime plugin so that both ONNX backends use it without ONNX Runtime
-depending on TensorRT; :mod:`csm_tensorrt.precision` re-exports it.
+It lives in csm_export, the layer both ONNX backends share; :mod:`csm_tensorrt.precision` re-exports it.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ symmetric: one float32 scale per ``block_size`` weights along the input dimensio
 identified (no name-scope metadata) is an error, never a graph left silently unquantized.
 
 ``accuracy_level`` 4 lets the CPU provider compute with int8-quantized activations (per block, dynamic)
-on its VNNI/AMX kernels; level 0 (float32 compute) is 10-100x slower for 8 bits on the CPU measured
-here (Xeon with AVX-512 VNNI and AMX, one thread), so the plan always asks for 4.
+on its VNNI/AMX kernels; level 0 (float32 compute) is far slower (measurements: docs/optimizers.md,
+weight-quantization), so the plan always asks for 4.
 The plan (:class:`WeightPlan`) is part of :class:`csm_export.precision.PrecisionPlan` and so of
 the graph cache key: a quantized graph is never taken for a float32 one.
 """

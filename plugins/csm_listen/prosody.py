@@ -38,18 +38,11 @@ frames (:func:`pitch_frame_sample`: ``ceil(fraction * speech_frames)`` frames, a
 ``f0_median_hz``, ``f0_std_semitones`` and ``voiced_ratio`` are estimates in that mode; the level,
 rate, pause and clipping features are exact.
 
-Measured amortization error (``sample_fraction=1/16``, ``min_sampled_frames=8``, seeds 0..49, on
-four espeak-ng clips of 3.5-8.4 s, i.e. 10-22 sampled frames: two sentences x (``-s 110 -p 20 -a 40``,
-``-s 220 -p 80 -a 180``)), against full analysis of the same clip:
-
-- ``f0_median_hz``: relative error at most 10.5 %, mean 2.2 %;
-- ``voiced_ratio``: absolute error at most 0.34, mean 0.09 (a binomial estimate from ~10-20 frames);
-- ``f0_std_semitones``: absolute error up to 2.0 st, mean 0.5 st — too noisy at 1/16 to trust
-  per clip; use a larger fraction where pitch variation matters.
-
-Time on one CPU core for the 8.4 s clip: 28 ms full (YIN 24 ms) -> 4.7 ms amortized (YIN 1.1 ms).
-``tests/csm_listen/test_prosody.py::test_amortized_error_is_bounded`` enforces median-F0 error
-<= 12 % (mean <= 4 %), voiced-ratio error <= 0.4 (mean <= 0.12), and exact energy features.
+``f0_std_semitones`` is too noisy at 1/16 to trust per clip (up to 2 semitones off); use a larger
+fraction where pitch variation matters. The measured errors and the time saved are in
+docs/optimizers.md (amortized-analysis); ``tests/listen_plugin/test_prosody.py::test_amortized_error_is_bounded``
+enforces median-F0 error <= 12 % (mean <= 4 %), voiced-ratio error <= 0.4 (mean <= 0.12), and exact
+energy features.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ would not leave ``max_new_tokens`` of room in the LM's cache (``max_positions``)
 
 The model runs as the ``causal_lm`` engine of the stage's backend (``backends.llm``, else ``backend``):
 ``pytorch`` (:mod:`csm_pytorch.causal_lm`) or ``onnxruntime`` (:mod:`csm_onnxruntime.causal_lm`), both
-driven by the same token loop, :func:`csm_core.generation.lm_decoding.decode_tokens`. A stage built outside a
-pipeline, from a context without a backend, uses the PyTorch engine.
+driven by the same token loop, :func:`csm_core.generation.lm_decoding.decode_tokens`. The stage declares
+``components=("causal_lm",)``, so it always needs a backend with that engine; a context without one
+is refused with :class:`csm_core.errors.BackendUnavailable`.
 
 Options, config table ``[options.transformers]`` (:class:`TransformersLlmOptions`).
 """

@@ -17,11 +17,19 @@ so states can be copied, compared, kept to rewind, and passed as inputs and outp
 
 Time units: the codec runs at 12.5 frames/s; the upsampling doubles that to the transformer's 25
 positions/s; the SEANet decoder turns each position into ``prod(upsampling_ratios)`` (960) samples.
+
+The pieces that the streaming encoder (:mod:`csm_model.mimi_encoder_streaming`) runs too live here as
+module-level functions: :class:`TensorState` (flat named tensors for graph I/O), :func:`kv_cache_shape`
+and :func:`transformer_step` (the sliding-window transformer with explicit keys/values),
+:func:`seanet_convs` and :func:`seanet_step` (SEANet layers with explicit conv contexts), and
+:func:`conv_step` (one causal, possibly strided, conv).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +47,37 @@ from transformers.models.mimi.modeling_mimi import (
 from csm_model.hf_compat import mimi_decoder_parts
 
 
+class TensorState:
+    """Base of the streaming states (frozen dataclasses of tensors and tuples of tensors): flat named
+    tensors for graph inputs and outputs. A tuple field ``f`` gives ``f.0``, ``f.1``, ..."""
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state as flat named tensors (for graph export), in a fixed order."""
+        out: dict[str, torch.Tensor] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                out.update({f"{f.name}.{i}": t for i, t in enumerate(value)})
+            else:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Self:
+        """Inverse of :meth:`tensors`."""
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in tensors:
+                kwargs[f.name] = tensors[f.name]
+            else:
+                prefix = f"{f.name}."
+                items = sorted((int(k[len(prefix):]), v) for k, v in tensors.items() if k.startswith(prefix))
+                kwargs[f.name] = tuple(v for _, v in items)
+        return cls(**kwargs)
+
+
 @dataclass(frozen=True)
-class MimiDecoderState:
+class MimiDecoderState(TensorState):
     """Everything the streaming decoder remembers between calls. ``B`` batch, ``L`` transformer layers.
 
     Attributes:
@@ -50,7 +87,7 @@ class MimiDecoderState:
             Slots before position 0 hold zeros and are masked out.
         position: [] int64, the number of transformer positions decoded so far (2 per codec frame).
         conv_context: per causal SEANet conv with a kernel wider than 1, in module order, its last
-            ``(kernel-1)*dilation`` inputs [B, C_in, (k-1)*d] (zeros before the start).
+            ``(kernel-1)*dilation`` inputs [B, C_in, (k-1)*d] (zeros before the start; see :func:`seanet_convs`).
         convtr_tail: per SEANet conv-transpose, in module order, its pending overlap
             [B, C_out, k-s] (bias excluded).
     """
@@ -65,30 +102,6 @@ class MimiDecoderState:
     @property
     def batch_size(self) -> int:
         return self.upsample_tail.shape[0]
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The state as flat named tensors (for graph export), in a fixed order."""
-        out: dict[str, torch.Tensor] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                out.update({f"{f.name}.{i}": t for i, t in enumerate(value)})
-            else:
-                out[f.name] = value
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "MimiDecoderState":
-        """Inverse of :meth:`tensors`."""
-        kwargs = {}
-        for f in fields(cls):
-            if f.name in tensors:
-                kwargs[f.name] = tensors[f.name]
-            else:
-                prefix = f"{f.name}."
-                items = sorted((int(k[len(prefix):]), v) for k, v in tensors.items() if k.startswith(prefix))
-                kwargs[f.name] = tuple(v for _, v in items)
-        return cls(**kwargs)
 
 
 def _check_streamable(config) -> None:
@@ -122,43 +135,31 @@ class MimiStreamingDecoder:
         self.transformer = parts.transformer
         self.seanet_layers = parts.seanet_layers
         self.window: int | None = self.config.sliding_window
-        convs, convtrs = [], []
-        for layer in self.seanet_layers:
-            if isinstance(layer, MimiResnetBlock):
-                convs += [m for m in layer.block if isinstance(m, MimiConv1d)]
-                if isinstance(layer.shortcut, MimiConv1d):
-                    convs.append(layer.shortcut)
-            elif isinstance(layer, MimiConv1d):
-                convs.append(layer)
-            elif isinstance(layer, MimiConvTranspose1d):
-                convtrs.append(layer)
+        convs, convtrs = seanet_convs(self.seanet_layers)
         for conv in convs:
             if conv.conv.stride[0] != 1:
                 raise ValueError(f"streaming supports stride-1 decoder convs only, got stride {conv.conv.stride[0]}")
-        self._context_convs = [c for c in convs if _context_size(c) > 0]
+        self._context_convs = [c for c in convs if context_size(c) > 0]
         self._convtrs = convtrs
 
     # ----------------------------------------------------------------------------------------- state
     def init_state(self, batch_size: int = 1) -> MimiDecoderState:
         """A fresh state for ``batch_size`` streams, on the model's device and in its dtype."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         p = next(self.model.parameters())
 
         def zeros(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, device=p.device, dtype=p.dtype)
 
-        cfg = self.config
-        hidden = cfg.hidden_size
-        upsample_tail = zeros(batch_size, hidden, _overlap(self.upsample) if self.upsample is not None else 0)
-        cache = self.window - 1 if self.window is not None else 0
-        kv_shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, cache, cfg.head_dim)
+        upsample_tail = zeros(batch_size, self.config.hidden_size,
+                              _overlap(self.upsample) if self.upsample is not None else 0)
+        kv_shape = kv_cache_shape(self.config, batch_size)
         return MimiDecoderState(
             upsample_tail=upsample_tail,
             keys=zeros(*kv_shape),
             values=zeros(*kv_shape),
             position=torch.zeros((), dtype=torch.int64, device=p.device),
-            conv_context=tuple(zeros(batch_size, c.in_channels, _context_size(c)) for c in self._context_convs),
+            conv_context=tuple(zeros(batch_size, c.in_channels, context_size(c)) for c in self._context_convs),
             convtr_tail=tuple(zeros(batch_size, t.conv.out_channels, _overlap(t)) for t in self._convtrs),
         )
 
@@ -170,63 +171,114 @@ class MimiStreamingDecoder:
         upsample_tail = state.upsample_tail
         if self.upsample is not None:
             latents, upsample_tail = _convtr_step(self.upsample, latents, state.upsample_tail)
-        hidden, keys, values, position = self._transformer_step(latents.transpose(1, 2), state)
-        x = hidden.transpose(1, 2)
-        contexts, tails = iter(state.conv_context), iter(state.convtr_tail)
-        new_contexts: list[torch.Tensor] = []
-        new_tails: list[torch.Tensor] = []
-
-        def conv(module: MimiConv1d, x: torch.Tensor) -> torch.Tensor:
-            if _context_size(module) == 0:
-                return module.conv(x)
-            y, ctx = _conv_step(module, x, next(contexts))
-            new_contexts.append(ctx)
-            return y
-
-        for layer in self.seanet_layers:
-            if isinstance(layer, MimiConv1d):
-                x = conv(layer, x)
-            elif isinstance(layer, MimiConvTranspose1d):
-                x, tail = _convtr_step(layer, x, next(tails))
-                new_tails.append(tail)
-            elif isinstance(layer, MimiResnetBlock):
-                residual = x
-                for sub in layer.block:
-                    x = conv(sub, x) if isinstance(sub, MimiConv1d) else sub(x)
-                shortcut = conv(layer.shortcut, residual) if isinstance(layer.shortcut, MimiConv1d) else residual
-                x = shortcut + x
-            else:  # stateless, pointwise in time (ELU)
-                x = layer(x)
+        hidden, keys, values, position = transformer_step(
+            self.transformer, self.window, latents.transpose(1, 2), state.keys, state.values, state.position
+        )
+        x, contexts, tails = seanet_step(self.seanet_layers, hidden.transpose(1, 2), state.conv_context, state.convtr_tail)
         new_state = replace(
             state,
             upsample_tail=upsample_tail,
             keys=keys,
             values=values,
             position=position,
-            conv_context=tuple(new_contexts),
-            convtr_tail=tuple(new_tails),
+            conv_context=contexts,
+            convtr_tail=tails,
         )
         return x, new_state
 
-    def _transformer_step(self, hidden: torch.Tensor, state: MimiDecoderState):
-        """``hidden`` [B,T,D] of positions ``position..position+T-1`` -> (hidden, keys, values, position)."""
-        T = hidden.shape[1]
-        cached = state.keys.shape[3]
-        position_ids = state.position + torch.arange(T, device=hidden.device)
-        cos, sin = self.transformer.rotary_emb(hidden, position_ids[None])
-        # Absolute positions of the keys attended to: the cached slots, then the new positions.
-        key_pos = state.position - cached + torch.arange(cached + T, device=hidden.device)
-        query_pos = position_ids[:, None]
-        allowed = (key_pos[None, :] >= 0) & (key_pos[None, :] <= query_pos)
-        if self.window is not None:
-            allowed &= key_pos[None, :] > query_pos - self.window  # as transformers' sliding_window_overlay
-        new_keys, new_values = [], []
-        for i, layer in enumerate(self.transformer.layers):
-            hidden, k, v = _layer_step(layer, hidden, cos, sin, state.keys[i], state.values[i], allowed)
-            keep = k.shape[2] if self.window is None else cached  # no window: the cache grows
-            new_keys.append(k[:, :, k.shape[2] - keep :])
-            new_values.append(v[:, :, v.shape[2] - keep :])
-        return hidden, torch.stack(new_keys), torch.stack(new_values), state.position + T
+
+# --------------------------------------------------------------------------- shared with the encoder
+def check_batch_size(batch_size) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def kv_cache_shape(config, batch_size: int) -> tuple[int, int, int, int, int]:
+    """[L, B, H_kv, W-1, head_dim]: the keys (or values) a streaming transformer of ``config`` keeps
+    (``W`` = ``config.sliding_window``; no window keeps an empty cache that grows)."""
+    cache = config.sliding_window - 1 if config.sliding_window is not None else 0
+    return (config.num_hidden_layers, batch_size, config.num_key_value_heads, cache, config.head_dim)
+
+
+def transformer_step(transformer, window: int | None, hidden: torch.Tensor, keys: torch.Tensor,
+                     values: torch.Tensor, position: torch.Tensor):
+    """A Mimi transformer (``MimiTransformerModel``) over new positions with explicit keys/values.
+
+    ``hidden`` [B,T,D] holds positions ``position..position+T-1``; ``keys``/``values``
+    [L,B,H_kv,C,head_dim] those of the ``C`` positions before (rotary applied, oldest first, zeros and
+    masked out before position 0). Returns (hidden [B,T,D], keys, values, position + T), the caches
+    keeping the last ``C`` positions (all of them when ``window`` is None).
+    """
+    T = hidden.shape[1]
+    cached = keys.shape[3]
+    position_ids = position + torch.arange(T, device=hidden.device)
+    cos, sin = transformer.rotary_emb(hidden, position_ids[None])
+    # Absolute positions of the keys attended to: the cached slots, then the new positions.
+    key_pos = position - cached + torch.arange(cached + T, device=hidden.device)
+    query_pos = position_ids[:, None]
+    allowed = (key_pos[None, :] >= 0) & (key_pos[None, :] <= query_pos)
+    if window is not None:
+        allowed &= key_pos[None, :] > query_pos - window  # as transformers' sliding_window_overlay
+    new_keys, new_values = [], []
+    for i, layer in enumerate(transformer.layers):
+        hidden, k, v = _layer_step(layer, hidden, cos, sin, keys[i], values[i], allowed)
+        keep = k.shape[2] if window is None else cached  # no window: the cache grows
+        new_keys.append(k[:, :, k.shape[2] - keep :])
+        new_values.append(v[:, :, v.shape[2] - keep :])
+    return hidden, torch.stack(new_keys), torch.stack(new_values), position + T
+
+
+def seanet_convs(layers: Iterable[nn.Module]) -> tuple[list[MimiConv1d], list[MimiConvTranspose1d]]:
+    """(causal convs, conv-transposes) of SEANet ``layers``, in the order :func:`seanet_step` runs them
+    (inside a resnet block: its block's convs, then its shortcut conv)."""
+    convs: list[MimiConv1d] = []
+    convtrs: list[MimiConvTranspose1d] = []
+    for layer in layers:
+        if isinstance(layer, MimiResnetBlock):
+            convs += [m for m in layer.block if isinstance(m, MimiConv1d)]
+            if isinstance(layer.shortcut, MimiConv1d):
+                convs.append(layer.shortcut)
+        elif isinstance(layer, MimiConv1d):
+            convs.append(layer)
+        elif isinstance(layer, MimiConvTranspose1d):
+            convtrs.append(layer)
+    return convs, convtrs
+
+
+def seanet_step(layers: Iterable[nn.Module], x: torch.Tensor, conv_context: tuple[torch.Tensor, ...],
+                convtr_tail: tuple[torch.Tensor, ...] = (), started: torch.Tensor | None = None):
+    """SEANet ``layers`` (encoder or decoder) over ``x`` [B,C,T] -> (y, new conv contexts, new tails).
+
+    ``conv_context`` holds one tensor per conv of :func:`seanet_convs` with a context
+    (:func:`context_size` > 0), ``convtr_tail`` one per conv-transpose, both in that order;
+    ``started`` as in :func:`conv_step`.
+    """
+    contexts, tails = iter(conv_context), iter(convtr_tail)
+    new_contexts: list[torch.Tensor] = []
+    new_tails: list[torch.Tensor] = []
+
+    def conv(module: MimiConv1d, x: torch.Tensor) -> torch.Tensor:
+        if context_size(module) == 0:
+            return module.conv(x)
+        y, ctx = conv_step(module, x, next(contexts), started)
+        new_contexts.append(ctx)
+        return y
+
+    for layer in layers:
+        if isinstance(layer, MimiConv1d):
+            x = conv(layer, x)
+        elif isinstance(layer, MimiConvTranspose1d):
+            x, tail = _convtr_step(layer, x, next(tails))
+            new_tails.append(tail)
+        elif isinstance(layer, MimiResnetBlock):
+            residual = x
+            for sub in layer.block:
+                x = conv(sub, x) if isinstance(sub, MimiConv1d) else sub(x)
+            shortcut = conv(layer.shortcut, residual) if isinstance(layer.shortcut, MimiConv1d) else residual
+            x = shortcut + x
+        else:  # stateless, pointwise in time (ELU)
+            x = layer(x)
+    return x, tuple(new_contexts), tuple(new_tails)
 
 
 def _layer_step(layer: MimiTransformerLayer, hidden, cos, sin, past_k, past_v, allowed):
@@ -254,9 +306,11 @@ def _layer_step(layer: MimiTransformerLayer, hidden, cos, sin, past_k, past_v, a
     return hidden, k, v
 
 
-def _context_size(module: MimiConv1d) -> int:
-    """Left context of a causal conv: ``(kernel - 1) * dilation`` input steps."""
-    return (module.conv.kernel_size[0] - 1) * module.conv.dilation[0]
+def context_size(module: MimiConv1d) -> int:
+    """Inputs a causal conv keeps between calls: ``(kernel - 1) * dilation + 1 - stride`` (transformers'
+    ``padding_total``; ``(kernel - 1) * dilation`` for stride 1)."""
+    conv = module.conv
+    return (conv.kernel_size[0] - 1) * conv.dilation[0] + 1 - conv.stride[0]
 
 
 def _overlap(module: MimiConvTranspose1d) -> int:
@@ -264,8 +318,20 @@ def _overlap(module: MimiConvTranspose1d) -> int:
     return module.conv.kernel_size[0] - module.conv.stride[0]
 
 
-def _conv_step(module: MimiConv1d, x: torch.Tensor, context: torch.Tensor):
-    """Causal conv of ``x`` [B,C,T] after ``context`` [B,C,P] -> (y [B,C',T], last P inputs)."""
+def conv_step(module: MimiConv1d, x: torch.Tensor, context: torch.Tensor, started: torch.Tensor | None = None):
+    """Causal conv of ``x`` [B,C,T] after ``context`` [B,C,P] -> (y [B,C',T/stride], last P inputs).
+
+    ``T`` is a multiple of the stride (whole frames), so, with ``P`` = :func:`context_size`, the
+    outputs are exactly those of transformers' conv over the whole signal (which then needs no right
+    padding). A conv with ``pad_mode="replicate"`` (the encoder's downsampling) starts from its first
+    input repeated, not zeros: ``started`` (a bool tensor []) False replaces ``context`` by that.
+    """
+    if module.pad_mode == "replicate":
+        if started is None:
+            raise ValueError("a replicate-padded conv needs the started flag of the stream")
+        context = torch.where(started, context, x[..., :1].expand_as(context))
+    elif module.pad_mode != "constant":
+        raise ValueError(f"streaming supports pad_mode 'constant' and 'replicate', got {module.pad_mode!r}")
     full = torch.cat([context, x], dim=-1)
     return module.conv(full), full[..., full.shape[-1] - context.shape[-1] :]
 

@@ -5,9 +5,10 @@ streaming through Mimi's streaming decoder); the backend chosen for the ``tts`` 
 ``csm`` engines (backbone, depth decoder) and the ``codec`` engine.
 
 :meth:`CsmSpeaker.speak` speaks one request; :meth:`CsmSpeaker.speak_batch` speaks several in one batch
-(ragged prompts left-padded, see :mod:`csm_core.generation.batch`), which only the PyTorch engines can do
-here: their KV caches are re-allocated for the rows needed, while ONNX graphs are exported for a fixed
-batch of one.
+(ragged prompts left-padded, see :mod:`csm_core.generation.batch`) on engines that the backend sizes for
+the rows (:meth:`csm_core.components.CsmEngines.for_batch`: the eager PyTorch engines re-allocate their KV
+caches; ONNX graphs, TensorRT engines and captured CUDA graphs run a fixed batch). The stage claims the
+``position_window`` and ``batch`` capabilities (:mod:`csm_core.stages`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from csm_core.errors import CsmError
 from csm_core.generation.batch import live_rows, stack_prompts
 from csm_core.generation.embedder import FrameEmbedder
 from csm_core.generation.frames import SilenceGuard, generate_frames
-from csm_core.generation.prompt import Segment as PromptSegment
 from csm_core.generation.prompt import build_prompt
 from csm_core.generation.sampling import SamplingParams
 from csm_core.records import StageContext
-from csm_core.stages import SpeechChunk, SpeechParams, SpeechRequest
+from csm_core.stages import BATCH, POSITION_WINDOW, SpeechChunk, SpeechParams, SpeechRequest
 from csm_core.config import plugin_options
-from csm_pytorch.engines import TorchBackbone, TorchCsmEngines, TorchDepthDecoder
 from csm_model.pipelined_decoding import pipelined_chunks
 from csm_model.options import CsmOptions
 from csm_model.sources import load_csm_weights, load_mimi_model
@@ -42,6 +41,8 @@ def shared_codec(context: StageContext, device: str):
 
 class CsmSpeaker:
     """Speaks text with CSM, yielding audio frame by frame (80 ms each) as it is generated."""
+
+    capabilities = frozenset({POSITION_WINDOW, BATCH})
 
     def __init__(self, context: StageContext):
         settings = context.settings
@@ -69,23 +70,18 @@ class CsmSpeaker:
         return self.engines.backbone.max_positions
 
     def count_text_tokens(self, text: str) -> int:
-        """Text tokens ``text`` costs in the prompt (the context-window policy counts with this)."""
+        """Text tokens ``text`` costs in the prompt (the context policy counts with this)."""
         return len(self.tokenizer.encode(text))
 
     def _prompt(self, request: SpeechRequest):
         if not request.text.strip():
             raise CsmError("the text to speak is empty")
-        context = [
-            PromptSegment(s.speaker, s.text, None if s.codes is None else torch.as_tensor(s.codes, dtype=torch.long))
-            for s in request.context
-        ]
         try:
             return build_prompt(
-                context, request.speaker, request.text, self.tokenizer,
+                request.context, request.speaker, request.text, self.tokenizer,
                 num_codebooks=self.args.num_codebooks,
                 max_frames=request.params.max_frames,
                 max_positions=self.engines.backbone.max_positions,
-                trim_context=self.settings.generation.trim_context,
             )
         except ValueError as exc:
             raise CsmError(str(exc)) from None
@@ -124,35 +120,28 @@ class CsmSpeaker:
             chunks.close()  # a closed (cancelled) speak stops the frame loop within a frame
 
     def batch_engines(self, rows: int):
-        """The ``csm`` engines with room for ``rows`` rows.
+        """The ``csm`` engines with room for ``rows`` rows (:meth:`~csm_core.components.CsmEngines.for_batch`).
 
-        Engines whose caches already hold ``rows`` rows are used as they are. The eager PyTorch engines
-        (:class:`TorchCsmEngines` with their own backbone and decoder) are re-allocated for ``rows`` rows
-        (the caches live in the shared model; fewer rows still run on them). Anything else (ONNX Runtime
-        and TensorRT engines, captured CUDA graphs, which hold the addresses of the old caches) raises
-        :class:`CsmError`.
+        Engines that already run ``rows`` rows are used as they are; engines the backend re-allocates
+        (the eager PyTorch engines: the caches live in the shared model, fewer rows still run on them)
+        replace this stage's, reported once; engines of a fixed batch (ONNX Runtime and TensorRT
+        engines, captured CUDA graphs, which hold the addresses of the old caches) raise :class:`CsmError`.
         """
         engines = self.engines
-        capacity = engines.model.backbone.batch_size if isinstance(engines, TorchCsmEngines) else 1
-        if rows <= capacity:
-            return engines
-        eager = (
-            isinstance(engines, TorchCsmEngines)
-            and type(engines.backbone) is TorchBackbone
-            and type(engines.decoder) is TorchDepthDecoder
-        )
-        if not eager:
+        sized = engines.for_batch(rows)
+        if sized is None:
             backend = self.context.backend.name if self.context.backend else "?"
             raise CsmError(
                 f"batched generation of {rows} utterances: the {backend!r} backend's csm engines "
                 f"({type(engines).__name__} with {type(engines.backbone).__name__}) run a fixed batch of "
-                f"{capacity} (exported graphs / captured CUDA graphs cannot grow); run the tts stage on the "
+                f"{engines.batch_size} (exported graphs / captured CUDA graphs cannot grow); run the tts stage on the "
                 "'pytorch' backend without cuda graphs (backends.tts = 'pytorch', options.pytorch.cuda_graphs = "
-                "false), or remove 'batched-generation' from optimizers to speak one by one"
+                "false), or remove 'batched-generation' from optimizers (generation.max_batch) to speak one by one"
             )
-        self.context.report(f"csm: KV caches re-allocated for a batch of {rows} rows")
-        self.engines = TorchCsmEngines(engines.model, batch_size=rows)
-        return self.engines
+        if sized is not engines:
+            self.context.report(f"csm: KV caches re-allocated for a batch of {rows} rows")
+            self.engines = sized
+        return sized
 
     def speak_batch(self, requests: Sequence[SpeechRequest]) -> Iterator[tuple[int, SpeechChunk]]:
         """Speak several requests in one batch; yields ``(row, chunk)`` as frames are made.

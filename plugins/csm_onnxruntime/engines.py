@@ -24,7 +24,7 @@ from csm_export.artifacts import ArtifactSpec, ensure_artifact, weights_hash
 from csm_export.export import EXPORTER, OPSET, csm_cache_shape, export_csm_part, export_mimi_decoder_step
 from csm_export.graphs import cache_names
 from csm_export.precision import PrecisionPlan, convert_graph, plan_for
-from csm_export.specs import CODEC_SAMPLE_RATE, CSM_GRAPHS, csm_spec, graph_part
+from csm_export.specs import CSM_GRAPHS, csm_spec, graph_part
 from csm_onnxruntime.session import SessionOptions, create_session, require_provider
 
 # Element types for IO binding: numpy types, or ONNX TensorProto numbers where numpy has none (bf16).
@@ -173,9 +173,15 @@ class OnnxDepthDecoder:
 
 
 class OnnxCsmEngines:
-    """The ``csm`` component on onnxruntime: ``.backbone`` and ``.decoder``, exported on first use."""
+    """The ``csm`` component on onnxruntime: ``.backbone`` and ``.decoder``, exported on first use.
+
+    The graphs are exported for ``batch_size`` rows and run exactly that many (:meth:`for_batch`).
+    """
+
+    frame_decoder = None  # no whole-frame graph
 
     def __init__(self, model, context: StageContext, batch_size: int = 1) -> None:
+        self.batch_size = batch_size
         device = requested_device(context, model)
         whash = weights_hash(model)
         self.plans = {part: plan_for(context.settings, part) for part in ("backbone", "decoder")}
@@ -204,12 +210,18 @@ class OnnxCsmEngines:
         )
         self.device = used
 
+    def for_batch(self, rows: int) -> "OnnxCsmEngines | None":
+        """``self`` for the batch the graphs were exported for; None for any other (a fixed batch)."""
+        return self if rows == self.batch_size else None
+
 
 class OnnxMimi:
-    """:class:`~csm_core.components.CodecEngine`: the streaming decoder as an ONNX graph.
+    """:class:`~csm_core.components.CodecEngine`: Mimi's streaming decoder and encoder as ONNX graphs.
 
-    ``decode`` runs the step graph over all frames from a fresh state. ``encode`` runs in PyTorch (the
-    encoder does not export, see :mod:`csm_export.export`); this is reported once, on first use.
+    ``decode`` runs the decoder step graph over all frames from a fresh state. ``encode`` runs the
+    streaming encoder step graph (:mod:`csm_export.mimi_encoder`) one frame at a time with its explicit
+    state; that graph is exported (or loaded from the cache) on the first ``encode``, so pipelines that
+    never encode audio do not pay for it.
     """
 
     def __init__(self, mimi, context: StageContext, num_codebooks: int = 32, batch_size: int = 1) -> None:
@@ -237,13 +249,46 @@ class OnnxMimi:
         device = requested_device(context, mimi)
         self.session, self.device, self.artifact = _open_graph(context, spec, build, device)
         self.state_names = [i.name.removeprefix("state.") for i in self.session.get_inputs()[1:]]
-        self._encoder_reported = False
+        self._mimi, self._device = mimi, device
+        self.encoder_session = None
+
+    def open_encoder(self):
+        """The encoder step graph's session, exported on first use (``csmctl export`` calls this)."""
+        if self.encoder_session is None:
+            from csm_export.mimi_encoder import export_mimi_encoder_step, mimi_encoder_spec
+            from csm_model.mimi_encoder_streaming import MimiStreamingEncoder
+
+            mimi, count, rows = self._mimi, self.num_codebooks, self.batch_size
+            build = lambda path: export_mimi_encoder_step(mimi, count, path, rows)  # noqa: E731
+            session, _, self.encoder_artifact = _open_graph(
+                self.context, mimi_encoder_spec(mimi, count, rows), build, self._device
+            )
+            self._encoder_outputs = [o.name for o in session.get_outputs()]
+            self._encoder_chunk = session.get_inputs()[0].shape[2]  # samples per call (one frame)
+            initial = MimiStreamingEncoder(mimi, count).init_state(rows).tensors()
+            self._encoder_init = {f"state.{n}": t.cpu().numpy() for n, t in initial.items()}
+            self.encoder_session = session
+        return self.encoder_session
 
     def encode(self, pcm: torch.Tensor) -> torch.Tensor:
-        if not self._encoder_reported:
-            self.context.report("onnxruntime: the Mimi encoder does not export to ONNX yet; encoding runs in PyTorch")
-            self._encoder_reported = True
-        return self.torch.encode(pcm)
+        """``pcm`` [B,1,N] -> codes [B,K,ceil(N/1920)]: the end padded with zeros to whole frames (as
+        :meth:`TorchMimi.encode <csm_model.mimi.TorchMimi.encode>`), rows in groups of the graph's batch."""
+        session = self.open_encoder()
+        pcm = self.torch._check_pcm(pcm).float()
+        device, rows = pcm.device, pcm.shape[0]
+        frames = -(-pcm.shape[-1] // self.samples_per_frame)
+        pcm = torch.nn.functional.pad(pcm, (0, -pcm.shape[-1] % self._encoder_chunk))  # whole chunks
+        pcm = torch.nn.functional.pad(pcm, (0, 0, 0, 0, 0, -rows % self.batch_size)).cpu().numpy()  # whole batches
+        groups = []
+        for first in range(0, pcm.shape[0], self.batch_size):
+            group, state, pieces = pcm[first : first + self.batch_size], self._encoder_init, []
+            for start in range(0, group.shape[-1], self._encoder_chunk):
+                feed = {"pcm": group[..., start : start + self._encoder_chunk], **state}
+                out = dict(zip(self._encoder_outputs, session.run(None, feed)))
+                pieces.append(out.pop("codes"))
+                state = {"state." + n.removeprefix("new_state."): v for n, v in out.items()}
+            groups.append(np.concatenate(pieces, axis=-1))
+        return torch.from_numpy(np.concatenate(groups, axis=0)[:rows, :, :frames]).to(device, torch.int64)
 
     def init_state(self, batch_size: int = 1):
         if batch_size != self.batch_size:

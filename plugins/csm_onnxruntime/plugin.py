@@ -28,6 +28,13 @@ def device_check(device: str) -> str | None:
     return missing_provider(device)
 
 
+def doctor_checks():
+    """What ``csmctl doctor`` lists about ONNX Runtime (:func:`csm_onnxruntime.doctor.checks`)."""
+    from csm_onnxruntime.doctor import checks
+
+    return checks()
+
+
 def _csm_engines(model, context):
     from csm_onnxruntime.engines import OnnxCsmEngines
 
@@ -64,5 +71,6 @@ def register_backends(register):
             devices=("cpu", "cuda"),
             prepare=prepare,
             device_check=device_check,
+            doctor_checks=doctor_checks,
         )
     )

@@ -1,12 +1,16 @@
 """The ``batched-generation`` optimizer: several utterances in one backbone/decoder batch.
 
-Switched on, :func:`csm_core.batched.speak_many` hands the tts stage up to
-``[options.batched-generation] max_batch`` (default 4) utterances at a time through
-``CsmSpeaker.speak_batch``: their prompts are left-padded into one batch with per-row positions
-(:mod:`csm_core.generation.batch`), every frame step runs all rows at once, each row ends on its own
-(end-of-speech frame, silence guard) and is decoded by a batched streaming Mimi state. Switched off,
-``speak_many`` speaks the texts one by one. Single utterances (``Pipeline.speak``/``turn``) are not
-affected either way. Only the eager PyTorch engines can batch here; other backends raise a clear error.
+What it changes: only ``generation.max_batch``, set through ``configure`` to ``[options.batched-generation]
+max_batch`` (default 4). The work lives in the core and the tts stage: with ``generation.max_batch`` set,
+:func:`csm_core.utterances.speak_many` hands the texts to :meth:`csm_core.pipeline.Pipeline.speak_batch`
+that many at a time, which builds each text's request as ``speak`` does (voice profile, context policy,
+emotion map) and speaks them through the tts stage's ``speak_batch`` (``CsmSpeaker.speak_batch``): their
+prompts are left-padded into one batch with per-row positions (:mod:`csm_core.generation.batch`), every
+frame step runs all rows at once, each row ends on its own (end-of-speech frame, silence guard) and is
+decoded by a batched streaming Mimi state. Switched off, ``speak_many`` speaks the texts one by one.
+Single utterances (``Pipeline.speak``/``turn``) are not affected either way. Only engines that can grow
+their batch (``CsmEngines.for_batch``: the eager PyTorch engines) batch more than one row; other backends
+raise a clear error.
 
 Effect: **exact under greedy decoding**: each row's codes equal those of speaking it alone (same
 weights; asserted in ``tests/optimizers_plugin/test_batched_generation.py``). Audio agrees to float
@@ -18,21 +22,40 @@ draw from the same distribution, but it is not the draw that speaking it alone w
 
 from __future__ import annotations
 
-from csm_core.batched import OPTIMIZER_NAME, BatchedGenerationOptions
-from csm_core.config import plugin_options
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from csm_core.config import MAX_BATCH, plugin_options
 from csm_core.records import Optimizer, StageContext
+
+NAME = "batched-generation"
+
+
+class BatchedGenerationOptions(BaseModel):
+    """``[options.batched-generation]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch: int = Field(
+        4, ge=1, le=MAX_BATCH, description="utterances generated together at most (rows of the KV caches)"
+    )
 
 
 class BatchedGeneration:
-    """Validates ``[options.batched-generation]`` when the pipeline starts; the batching is done by
-    :func:`csm_core.batched.speak_many` and the tts stage's ``speak_batch``."""
+    """Sets ``generation.max_batch`` from ``[options.batched-generation]`` (validated when the pipeline
+    starts); the batching is done by :func:`csm_core.utterances.speak_many` and the tts stage's
+    ``speak_batch``."""
 
     def __init__(self, context: StageContext) -> None:
-        self.options = plugin_options(context.settings, OPTIMIZER_NAME, BatchedGenerationOptions)
+        self.options = plugin_options(context.settings, NAME, BatchedGenerationOptions)
+
+    def configure(self, settings) -> Mapping[str, Any]:
+        return {"generation.max_batch": self.options.max_batch}
 
 
 OPTIMIZER = Optimizer(
-    name=OPTIMIZER_NAME,
+    name=NAME,
     factory=BatchedGeneration,
     effect="exact",
     description="speak_many generates up to max_batch utterances in one batch (ragged prompts left-padded, "

@@ -72,12 +72,15 @@ def teacher_forced_agreement(engines, embedder, prompt, reference, code_limit: i
     optimizer states. ``embedder`` is a :class:`csm_core.generation.embedder.FrameEmbedder`, ``prompt``
     (tokens [1,T,K+1], mask [1,T,K+1]). ``code_limit``: only codes below it are predicted (as
     :class:`~csm_core.generation.sampling.SamplingParams` ``code_limit`` does for the reference run).
+    Each frame is decoded by the core's :func:`~csm_core.generation.frames.decode_frame`, teacher-forced
+    with the reference frame.
     """
     import torch
 
-    def predict(logits):
-        return int(logits[..., :code_limit].argmax(-1).item())
+    from csm_core.generation.frames import decode_frame
+    from csm_core.generation.sampling import SamplingParams
 
+    greedy = SamplingParams(temperature=0.0, code_limit=code_limit)
     tokens, mask = prompt
     t, k, frames = tokens.shape[1], reference.shape[1], reference.shape[2]
     device = embedder.device
@@ -89,14 +92,8 @@ def teacher_forced_agreement(engines, embedder, prompt, reference, code_limit: i
         hidden, logits = engines.backbone.prefill(embedder.embed_frames(tokens.to(device), mask.to(device)), positions)
         for f in range(frames):
             frame = reference[:, :, f]  # [1, K]
-            hits += int(predict(logits) == frame[0, 0].item())
-            engines.decoder.reset()
-            x = torch.cat((hidden.unsqueeze(1).to(embedder.dtype), embedder.embed_audio(0, frame[:, 0])), dim=1)
-            positions = torch.arange(2, device=device)[None]
-            for i in range(1, k):
-                hits += int(predict(engines.decoder.step(x, positions)) == frame[0, i].item())
-                x = embedder.embed_audio(i, frame[:, i])
-                positions = torch.full((1, 1), i + 1, device=device)
+            predicted = decode_frame(engines, embedder, hidden, logits, greedy, None, forced=frame)
+            hits += int((predicted == frame).sum().item())
             hidden, logits = engines.backbone.step(embedder.embed_codes(frame), torch.full((1, 1), t + f, device=device))
     return hits / (k * frames)
 

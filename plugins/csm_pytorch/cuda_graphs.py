@@ -34,8 +34,8 @@ from csm_core.generation.sampling import SamplingParams
 from csm_model.model import Csm
 from csm_pytorch.engines import TorchBackbone, TorchCsmEngines, TorchDepthDecoder
 
-__all__ = ["StaticStep", "GraphedBackbone", "GraphedDepthDecoder", "GraphedFrame", "cuda_graph_engines",
-           "check_cuda_graph_device"]
+__all__ = ["StaticStep", "GraphedBackbone", "GraphedDepthDecoder", "GraphedFrame", "GraphedCsmEngines",
+           "cuda_graph_engines", "check_cuda_graph_device"]
 
 WARMUP_ITERATIONS = 3
 
@@ -184,15 +184,36 @@ class _EagerDecoder:
         self.decoder = TorchDepthDecoder(model)
 
 
-def cuda_graph_engines(model: Csm, batch_size: int = 1, *, capture: bool = True) -> TorchCsmEngines:
-    """:class:`TorchCsmEngines` whose backbone step, decoder steps and greedy frames run through :class:`StaticStep`.
+class GraphedCsmEngines(TorchCsmEngines):
+    """:class:`TorchCsmEngines` whose steps run through :class:`StaticStep` (:func:`cuda_graph_engines`).
+
+    A fixed batch: the captured graphs hold the addresses of the caches they were captured with, so
+    :meth:`for_batch` never re-allocates them.
+    """
+
+    def __init__(self, model: Csm, batch_size: int = 1) -> None:
+        super().__init__(model, batch_size)
+        self._rows = batch_size
+
+    @property
+    def batch_size(self) -> int:
+        """The rows the caches were allocated (and the graphs captured) for."""
+        return self._rows
+
+    def for_batch(self, rows: int) -> "GraphedCsmEngines | None":
+        """``self`` for up to :attr:`batch_size` rows; None for more (the graphs cannot grow)."""
+        return self if rows <= self.batch_size else None
+
+
+def cuda_graph_engines(model: Csm, batch_size: int = 1, *, capture: bool = True) -> GraphedCsmEngines:
+    """:class:`GraphedCsmEngines` whose backbone step, decoder steps and greedy frames run through :class:`StaticStep`.
 
     ``capture=True`` needs the model on a CUDA device (:func:`check_cuda_graph_device`); ``capture=False``
     keeps the static-buffer plumbing without capturing (any device).
     """
     if capture:
         check_cuda_graph_device(model.codebook0_head.weight.device)
-    engines = TorchCsmEngines(model, batch_size)
+    engines = GraphedCsmEngines(model, batch_size)
     engines.backbone = GraphedBackbone(model, capture)
     engines.decoder = GraphedDepthDecoder(model, capture)
     engines.frame_decoder = GraphedFrame(model, capture)

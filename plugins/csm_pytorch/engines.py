@@ -53,3 +53,19 @@ class TorchCsmEngines:
         self.backbone = TorchBackbone(model)
         self.decoder = TorchDepthDecoder(model)
         self.frame_decoder = None  # no whole-frame engine in eager mode (csm_pytorch.cuda_graphs adds one)
+
+    @property
+    def batch_size(self) -> int:
+        """Rows the model's caches hold now (the caches live in the model, shared by every engine over it)."""
+        return self.model.backbone.batch_size
+
+    def for_batch(self, rows: int) -> "TorchCsmEngines | None":
+        """``self`` when the caches hold ``rows`` rows; else new eager engines with the model's caches
+        re-allocated for ``rows`` (these then must not be used for more rows than the caches hold); None
+        when this object's backbone or decoder was replaced (a wrapper, a captured step), which would not
+        survive the re-allocation."""
+        if rows <= self.batch_size:
+            return self
+        if type(self.backbone) is not TorchBackbone or type(self.decoder) is not TorchDepthDecoder:
+            return None
+        return TorchCsmEngines(self.model, batch_size=rows)

@@ -8,8 +8,13 @@ running one. For each concurrency level it runs that many client threads at once
 arriving and the seconds of audio received; between levels it reads the server's ``/metrics`` (frames
 generated, jobs done, 429s) and samples the server's RSS (``/proc/<pid>/status``) during each level.
 
+With ``--ray [--replicas N]`` the server it starts is ``csmctl serve --ray`` (Ray Serve, a local Ray on
+this machine): it waits until every replica is loaded, samples the RSS of the whole process tree (the
+CLI, Ray's GCS, raylet, proxy and controller, and the replicas), and leaves the server's ``/metrics``
+out (each answer comes from one replica, so differences between levels would mix replicas).
+
 The clients use only the standard library (``http.client``), so the command needs nothing beyond the
-``serve`` extra. Bad input exits with status 2 before a server starts; a server that fails to become
+``serve`` extra (and the ``ray`` extra for ``--ray``). Bad input exits with status 2 before a server starts; a server that fails to become
 ready exits 1 with the tail of its log; Ctrl-C exits 130 and writes nothing. The three reports
 (``bench-serve.json``, ``.md``, ``.png``, see :mod:`csm_serve.loadbench_report`) are written together
 at the end, each through a temporary file and a rename.
@@ -124,9 +129,17 @@ class StartedServer:
         return self.process.returncode
 
 
-def server_command(port: int, flags: dict) -> list[str]:
-    """``python -m csm_core.cli serve`` on ``127.0.0.1:port`` with the say-options in ``flags``."""
+RAY_READY_LINE = "csmctl serve --ray: ready after"
+
+
+def server_command(port: int, flags: dict, ray: bool = False, replicas: int | None = None) -> list[str]:
+    """``python -m csm_core.cli serve`` on ``127.0.0.1:port`` with the say-options in ``flags`` (with
+    ``ray``: ``serve --ray [--replicas N]``)."""
     command = [sys.executable, "-m", "csm_core.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if ray:
+        command.append("--ray")
+        if replicas is not None:
+            command += ["--replicas", str(replicas)]
     names = {"model_path": "--model-path", "model_flavor": "--model-flavor", "preset": "--preset",
              "max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k",
              "top_p": "--top-p", "speaker": "--speaker", "seed": "--seed", "device": "--device",
@@ -139,14 +152,16 @@ def server_command(port: int, flags: dict) -> list[str]:
     return command
 
 
-def start_server(flags: dict, threads: int | None, folder: Path, should_stop=lambda: False) -> StartedServer:
-    """Start the server in a subprocess and wait (at most READY_TIMEOUT_S) until ``/ready`` says 200."""
+def start_server(flags: dict, threads: int | None, folder: Path, should_stop=lambda: False, ray: bool = False,
+                 replicas: int | None = None) -> StartedServer:
+    """Start the server in a subprocess and wait (at most READY_TIMEOUT_S) until ``/ready`` says 200
+    (with ``ray``: and the CLI said every replica is ready)."""
     port = free_port()
     api_key = secrets.token_hex(16)
     env = dict(os.environ, CSM_SERVE_API_KEY=api_key, PYTHONUNBUFFERED="1")
     if threads is not None:
         env["CSM_OPTIONS__SERVE__THREADS"] = str(threads)
-    command = server_command(port, flags)
+    command = server_command(port, flags, ray, replicas)
     log = folder / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -159,7 +174,7 @@ def start_server(flags: dict, threads: int | None, folder: Path, should_stop=lam
                 raise ServerFailed(f"the server exited with status {process.returncode} before it was ready; "
                                    f"its log ends:\n{server.log_tail()}")
             try:
-                if _get(server.url, "/ready", timeout=5)[0] == 200:
+                if (not ray or RAY_READY_LINE in server.log_tail(1 << 20)) and _get(server.url, "/ready", timeout=5)[0] == 200:
                     server.ready_seconds = time.perf_counter() - started
                     return server
             except (OSError, http.client.HTTPException):
@@ -214,15 +229,16 @@ def metrics_delta(url: str, before: dict | None, expected_done: int, wait_s: flo
 
 
 class RssSampler:
-    """Samples ``VmRSS`` of process ``pid`` every RSS_INTERVAL_S in a thread; ``peak`` is the highest."""
+    """Samples ``VmRSS`` of process ``pid`` (with ``tree``: the sum over it and its descendants) every
+    RSS_INTERVAL_S in a thread; ``peak`` is the highest."""
 
-    def __init__(self, pid: int | None):
-        self.pid, self.peak = pid, None
+    def __init__(self, pid: int | None, tree: bool = False):
+        self.pid, self.peak, self.tree = pid, None, tree
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-serve-rss", daemon=True)
 
     def sample(self) -> None:
-        value = proc_status_bytes(self.pid, "VmRSS")
+        value = (tree_status_bytes if self.tree else proc_status_bytes)(self.pid, "VmRSS")
         if value is not None:
             self.peak = max(self.peak or 0, value)
 
@@ -255,6 +271,33 @@ def proc_status_bytes(pid: int | None, field_name: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (children, their children, ...), from ``/proc/*/stat``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            parent = int(text[text.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
+            children.setdefault(parent, []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
+def tree_status_bytes(pid: int | None, field_name: str) -> int | None:
+    """The sum of a ``kB`` field of ``/proc/<p>/status`` over ``pid`` and its descendants, or None."""
+    if pid is None:
+        return None
+    values = [proc_status_bytes(p, field_name) for p in descendants(pid)]
+    values = [v for v in values if v is not None]
+    return sum(values) if values else None
 
 
 # -- the clients -------------------------------------------------------------------------------------
@@ -337,8 +380,10 @@ def speak_once(url: str, headers: dict, body: bytes, client: int, index: int, ti
 
 
 def run_level(url: str, headers: dict, body: bytes, clients: int, requests_per_client: int, timeout: float,
-              server_pid: int | None, on_request=lambda result: None) -> dict:
-    """``clients`` threads, started together, each sending ``requests_per_client`` requests in turn."""
+              server_pid: int | None, on_request=lambda result: None, rss_tree: bool = False,
+              server_metrics: bool = True) -> dict:
+    """``clients`` threads, started together, each sending ``requests_per_client`` requests in turn
+    (``rss_tree``: sample the server's whole process tree; ``server_metrics``: read its /metrics)."""
     results: list[RequestResult] = []
     lock = threading.Lock()
     barrier = threading.Barrier(clients + 1)
@@ -358,8 +403,8 @@ def run_level(url: str, headers: dict, body: bytes, clients: int, requests_per_c
                for n in range(clients)]
     for thread in threads:
         thread.start()
-    before = read_metrics(url)
-    with RssSampler(server_pid) as rss:
+    before = read_metrics(url) if server_metrics else None
+    with RssSampler(server_pid, tree=rss_tree) as rss:
         barrier.wait(timeout=60)
         started = time.perf_counter()
         for thread in threads:
@@ -411,8 +456,10 @@ def summarize(clients: int, results: list[RequestResult], wall: float, peak_rss:
 def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None, out: str | Path,
                     url: str | None = None, api_key: str | None = None, server_pid: int | None = None,
                     threads: int | None = None, model: str = "tts-1", voice: str = "alloy",
-                    timeout: float = 600.0, flags: dict | None = None) -> tuple[list[Path], dict]:
-    """Run the benchmark with a progress bar; returns (the files written, the document)."""
+                    timeout: float = 600.0, flags: dict | None = None, ray: bool = False,
+                    replicas: int | None = None) -> tuple[list[Path], dict]:
+    """Run the benchmark with a progress bar; returns (the files written, the document). ``ray``,
+    ``replicas``: start ``csmctl serve --ray [--replicas N]`` instead of the single server."""
     from csm_core.output_paths import check_output_folder
     from csm_core.user_text import check_text
 
@@ -432,11 +479,17 @@ def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None,
                            "own settings apply (leave them out)")
         if threads is not None:
             raise CsmError("--threads sets up the server `bench serve` starts; leave it out with --url")
+        if ray or replicas is not None:
+            raise CsmError("--ray and --replicas set up the server `bench serve` starts; leave them out with --url")
         api_key = api_key if api_key is not None else os.environ.get("CSM_SERVE_API_KEY")
     elif server_pid is not None:
         raise CsmError("--server-pid is for --url: the server `bench serve` starts is sampled anyway")
     if threads is not None and threads < 1:
         raise CsmError(f"--threads {threads} must be at least 1")
+    if replicas is not None and not ray:
+        raise CsmError("--replicas is for --ray (the single server runs one pipeline)")
+    if replicas is not None and not 1 <= replicas <= 64:
+        raise CsmError(f"--replicas {replicas} is out of range (1 to 64)")
     if flags.get("config") is not None and not Path(flags["config"]).is_file():
         raise CsmError(f"--config {str(flags['config'])!r} is not a file")
 
@@ -449,8 +502,9 @@ def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None,
     with tempfile.TemporaryDirectory(prefix="csm-bench-serve-") as folder:
         server = None
         if url is None:
-            console.print("bench serve: starting the server and loading the models")
-            server = start_server(flags, threads, Path(folder))
+            console.print("bench serve: starting the server" + (" on Ray Serve" if ray else "")
+                          + " and loading the models")
+            server = start_server(flags, threads, Path(folder), ray=ray, replicas=replicas)
             url, api_key, server_pid = server.url, server.api_key, server.process.pid
             console.print(f"bench serve: server ready at {url} after {server.ready_seconds:.1f} s")
         headers = {"Content-Type": "application/json"}
@@ -470,13 +524,14 @@ def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None,
                 for count in levels:
                     progress.update(task, description=f"{count} client(s)")
                     level = run_level(url, headers, body, count, requests_per_client, timeout, server_pid,
-                                      on_request=lambda result: progress.advance(task))
+                                      on_request=lambda result: progress.advance(task), rss_tree=ray,
+                                      server_metrics=not ray)
                     results.append(level)
                     progress.console.print(
                         f"{count} client(s): {level['ok']} ok, {level['rejected']} rejected, {level['errors']} "
                         f"failed; {level['audio_seconds_per_second'] or 0:.2f} audio s/s, first audio p95 "
                         f"{(level['time_to_first_audio_s']['p95'] or 0) * 1e3:.0f} ms")
-            peak = proc_status_bytes(server_pid, "VmHWM")
+            peak = (tree_status_bytes if ray else proc_status_bytes)(server_pid, "VmHWM")
         finally:
             if server is not None:
                 server.stop()
@@ -488,6 +543,9 @@ def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None,
         "preset": flags.get("preset"),
         "max_new_tokens": flags.get("max_new_tokens"),
         "threads": threads,
+        "ray": ray,
+        "replicas": replicas if ray else None,  # None with ray: the count [options.ray] sets
+        "rss_scope": "process tree" if ray else "process",
         "clients": levels,
         "requests_per_client": requests_per_client,
         "text": text,
@@ -502,8 +560,7 @@ def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None,
 
 
 def write_reports(run: dict, levels: list[dict], peak: int | None, out: Path) -> tuple[list[Path], dict]:
-    from csm_core.bench.machine import machine_info
-    from csm_core.bench.report import write_json
+    from csm_bench import machine_info, write_json
     from csm_core.files import replace_together
     from csm_serve.loadbench_report import build_document, markdown, plot
 

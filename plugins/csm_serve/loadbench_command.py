@@ -33,6 +33,10 @@ def register_bench_serve(cli) -> None:
                                                           "id, to report its RSS.")] = None,
         threads: Annotated[Optional[int], typer.Option("--threads", help="torch threads of the started server's "
                                                        "worker ([options.serve] threads).")] = None,
+        ray: Annotated[bool, typer.Option("--ray", help="Start `csmctl serve --ray` (Ray Serve, a local Ray) "
+                                          "instead of the single server.")] = False,
+        replicas: Annotated[Optional[int], typer.Option("--replicas", help="With --ray: replicas of the "
+                                                        "started server.")] = None,
         model: Annotated[str, typer.Option("--model", help="The model name the requests send.")] = "tts-1",
         voice: Annotated[str, typer.Option("--voice", help="The voice the requests ask for.")] = "alloy",
         timeout: Annotated[float, typer.Option("--timeout", help="Seconds a request may take (each socket read "
@@ -54,8 +58,9 @@ def register_bench_serve(cli) -> None:
     ) -> None:
         """Load-test the speech server with concurrent streaming clients; write bench-serve.json, .md, .png.
 
-        Starts `csmctl serve` with the model options given (or loads --url), then for each --clients level
-        runs that many clients at once, each sending --requests-per-client streaming pcm requests. Exits 1
+        Starts `csmctl serve` (--ray: `csmctl serve --ray [--replicas N]`) with the model options given (or
+        loads --url), then for each --clients level runs that many clients at once, each sending
+        --requests-per-client streaming pcm requests. Exits 1
         (after writing the reports) when a request failed other than by a 429."""
         _logging(verbose)
         from csm_core.errors import CsmError
@@ -69,7 +74,7 @@ def register_bench_serve(cli) -> None:
             paths, document = run_bench_serve(
                 clients=clients, requests_per_client=requests_per_client, text=text, out=out, url=url,
                 api_key=api_key, server_pid=server_pid, threads=threads, model=model, voice=voice, timeout=timeout,
-                flags=flags)
+                flags=flags, ray=ray, replicas=replicas)
         except ServerFailed as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None

@@ -3,7 +3,8 @@
 JSON (``schema: "csm-multi-bench-serve/1"``)::
 
     {"schema", "created", "machine": {cpu, cores, versions, ...},
-     "run": {url, started_server, server_command, server_pid, ready_seconds, preset, clients: [...],
+     "run": {url, started_server, server_command, server_pid, ready_seconds, preset, threads, ray, replicas,
+             rss_scope ("process", or "process tree" with ray), clients: [...],
              requests_per_client, text, max_new_tokens, model, voice, response_format, stream_format,
              frame_seconds, sample_rate},
      "server_peak_rss_bytes": VmHWM of the started server at the end (null with --url),
@@ -80,7 +81,9 @@ def markdown(document: dict) -> str:
         "audio s / s: seconds of audio received by all clients / wall seconds of the level (1.0 = one real-time "
         "stream). First audio: sending the request to its first audio byte (queue wait included). Chunk gap: time "
         "between two 80 ms frames arriving within a response (over 80 ms, a player keeping pace would stall). "
-        "Server peak RSS: the highest VmRSS of the server process sampled during the level.",
+        + ("Server peak RSS: the highest sum of VmRSS over the process tree of `csmctl serve --ray` (the CLI, Ray's "
+         "GCS, raylet, proxy and controller, and every replica) sampled during the level."
+         if run.get("ray") else "Server peak RSS: the highest VmRSS of the server process sampled during the level."),
         "",
         HEADER,
         "|" + " --- |" * (HEADER.count("|") - 1),
@@ -88,7 +91,8 @@ def markdown(document: dict) -> str:
         "",
     ]
     if document.get("server_peak_rss_bytes"):
-        lines += [f"Server VmHWM (peak RSS of its whole life): {_mib(document['server_peak_rss_bytes'])} MiB.", ""]
+        scope = " (summed over its process tree)" if run.get("ray") else ""
+        lines += [f"Server VmHWM (peak RSS of its whole life){scope}: {_mib(document['server_peak_rss_bytes'])} MiB.", ""]
     errors = [f"- {level['clients']} client(s), client {r['client']} request {r['index']}: {r['error']}"
               for level in document["levels"] for r in level["results"] if r["error"]]
     if errors:
@@ -133,8 +137,11 @@ def plot(document: dict, path: Path) -> Path:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
     run = document["run"]
+    where = ""
+    if run.get("ray"):
+        where = f", Ray Serve ({run['replicas']} replicas)" if run.get("replicas") else ", Ray Serve"
     figure.suptitle(f"csmctl bench serve: preset {run.get('preset') or '-'}, {run['requests_per_client']} request(s) "
-                    f"per client, at most {run.get('max_new_tokens') or '?'} frames", fontsize=10)
+                    f"per client, at most {run.get('max_new_tokens') or '?'} frames{where}", fontsize=10)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, format="png", dpi=110)

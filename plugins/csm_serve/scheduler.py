@@ -22,6 +22,7 @@ same thread; the handlers' side (submit, events, cancel) stays as it is.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import queue
@@ -68,6 +69,13 @@ class Cancelled:
 
 Event = Chunk | Done | Failed | Cancelled
 _ids = itertools.count(1)
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("csm_serve_request_id", default=None)
+"""Set by a Ray replica's middleware (csm_serve.ray_headers) to the proxy's request id: a job made while
+it is set takes that id instead of a ``req_<n>`` of its own."""
+
+
+def _new_id() -> str:
+    return REQUEST_ID.get() or f"req_{next(_ids)}"
 
 
 @dataclass
@@ -97,7 +105,7 @@ class Job:
 
     kind: str
     work: Callable[[Any, JobControl], Any]
-    id: str = field(default_factory=lambda: f"req_{next(_ids)}")
+    id: str = field(default_factory=_new_id)
     submitted_at: float = field(default_factory=time.perf_counter)
     first_audio_at: float | None = None
     outcome: str = "queued"  # queued, running, done, failed, cancelled

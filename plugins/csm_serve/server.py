@@ -36,11 +36,13 @@ def startup_stages(settings: Settings, options: ServeOptions) -> list[str]:
     return list(AUDIO_STAGES) if options.preload_conversation else ["tokenizer", "tts"]
 
 
-def build_state(settings: Settings, options: ServeOptions) -> ServerState:
+def build_state(settings: Settings, options: ServeOptions, plugins=None) -> ServerState:
     """The server's state; the scheduler's ``load`` builds the pipeline on the worker thread.
 
-    Checks the stage, backend and optimizer names first (raises :class:`~csm_core.errors.CsmError`)."""
-    pipeline = Pipeline(settings)
+    Checks the stage, backend and optimizer names first (raises :class:`~csm_core.errors.CsmError`).
+    ``plugins``: the pipeline's plugin manager (default: the installed plugins; a Ray front replica adds
+    its remote stages, see :mod:`csm_serve.ray_stages`)."""
+    pipeline = Pipeline(settings, plugins=plugins)
     try:
         pipeline.require(*startup_stages(settings, options))
     except BaseException:

@@ -4,8 +4,8 @@ chunks out through ``emit`` as the tts stage makes them (one per 80 ms frame).
 The server needs per request what ``Pipeline.speak`` takes from the settings: the speaker id, the
 voice profile (a cloned voice instead of ``[voice]``) and sampling overrides (``/api/generate``). So
 this module builds the :class:`~csm_core.stages.SpeechRequest` itself from the core's public pieces,
-as :mod:`csm_core.batched` does: the emotion map (:func:`csm_core.emotion.speech_params`), the context
-policy (:func:`csm_core.context_window.context_for_turn`), and the tts stage run through the
+as :mod:`csm_core.utterances` does: the emotion map (:func:`csm_core.emotion.speech_params`), the context
+policy (:func:`csm_core.context_policy.context_for_turn`), and the tts stage run through the
 ``run_stage`` hook so that optimizers and tracing wrap it as they wrap every turn.
 
 ``emit`` may raise (the request was cancelled): that exception leaves the frame loop between two
@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from csm_core.context_window import context_for_turn, utf8_token_bound
+from csm_core.context_policy import context_for_turn, stage_window
 from csm_core.emotion import speech_params
 from csm_core.pipeline import Pipeline, Turn
 from csm_core.stages import Reply, Segment, SpeechRequest
@@ -79,13 +79,13 @@ def synthesize(pipeline: Pipeline, spec: SpeechSpec, emit: Emit, result: SpeechR
     params = replace(params, **overrides)
     speaker = settings.speaker if spec.speaker is None else spec.speaker
     profile = pipeline.voice_profile() if spec.profile == "configured" else spec.profile
+    max_positions, text_tokens = stage_window(stage)
     context, events = context_for_turn(
         (), profile, None, settings, speaker=speaker, text=spec.text,
-        max_positions=getattr(stage, "max_positions", 2048),
-        text_tokens=getattr(stage, "count_text_tokens", utf8_token_bound),
+        max_positions=max_positions, text_tokens=text_tokens,
     )
     result.events.extend(events)
-    result.input_tokens = getattr(stage, "count_text_tokens", utf8_token_bound)(spec.text)
+    result.input_tokens = text_tokens(spec.text)
     request = SpeechRequest(text=spec.text, speaker=speaker, params=params, context=context)
     turn = Turn(reply=Reply(text=spec.text, emotion=spec.emotion or "neutral"), params=params)
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """From a PyTorch module to cached TensorRT engines: ONNX graph -> precision plan -> engine.
 
-The ONNX graphs are the ONNX Runtime backend's (:mod:`csm_export.export`, cached under
-``<cache_dir>/onnx``) with the very specs ONNX Runtime uses (:func:`csm_graph_specs`,
+The ONNX graphs are the ones the ONNX Runtime backend runs too (:mod:`csm_export.export`, cached under
+``<cache_dir>/onnx``), with the very specs ONNX Runtime uses (:func:`csm_graph_specs`,
 :func:`mimi_graph_spec`: same component names, exporter, opset, batch size 1, cache sizes and dtype), so
 a graph exported by either backend is found by the other. Graphs are exported in float32 and the
 TensorRT precision plan lowers them (:mod:`csm_tensorrt.precision`); the precision-converted graphs and
@@ -163,15 +163,13 @@ def csm_engines(model, context, progress: Progress | None = None):
 
 
 def codec_engine(mimi, context, progress: Progress | None = None, num_codebooks: int = 32):
-    """:class:`TrtMimi` for a transformers ``MimiModel``.
-
-    The decoder step is a TensorRT engine. The encoder is one too once :mod:`csm_export.export`
-    can export it (``export_mimi_encoder``); until then encoding runs in PyTorch, as on ONNX Runtime,
-    and that is reported on first use.
-    """
+    """:class:`TrtMimi` for a transformers ``MimiModel``: the streaming decoder step and the streaming
+    encoder step (:mod:`csm_export.mimi_encoder`), each a TensorRT engine built from the ONNX graph that
+    ONNX Runtime runs (the same artifact)."""
     import torch
 
     from csm_export import export
+    from csm_export.mimi_encoder import export_mimi_encoder_step, mimi_encoder_spec
 
     from .engines import TrtMimi
     from .runtime import TrtRunner
@@ -181,15 +179,9 @@ def codec_engine(mimi, context, progress: Progress | None = None, num_codebooks:
     plan = plan_for(context.settings, "codec")
     device = torch.device("cuda", torch.cuda.current_device())
     spf = mimi.config.frame_size
-    specs = {P.MIMI_DECODER_STEP: mimi_graph_spec(mimi, num_codebooks)}
-    builders = {P.MIMI_DECODER_STEP: lambda tmp: export.export_mimi_decoder_step(mimi, num_codebooks, tmp, 1)}
-    export_encoder = getattr(export, "export_mimi_encoder", None)
-    if export_encoder is not None:
-        from csm_export.artifacts import ArtifactSpec
-
-        decoder_spec = specs[P.MIMI_DECODER_STEP]
-        specs[P.MIMI_ENCODER] = ArtifactSpec(P.MIMI_ENCODER, decoder_spec.weights_hash, decoder_spec.export, decoder_spec.facts)
-        builders[P.MIMI_ENCODER] = lambda tmp: export_encoder(mimi, num_codebooks, tmp, 1)
+    specs = {P.MIMI_DECODER_STEP: mimi_graph_spec(mimi, num_codebooks), P.MIMI_ENCODER: mimi_encoder_spec(mimi, num_codebooks, 1)}
+    builders = {P.MIMI_DECODER_STEP: lambda tmp: export.export_mimi_decoder_step(mimi, num_codebooks, tmp, 1),
+                P.MIMI_ENCODER: lambda tmp: export_mimi_encoder_step(mimi, num_codebooks, tmp, 1)}
     runners = {}
     for done, (component, build) in enumerate(builders.items()):
         if progress:
@@ -200,35 +192,4 @@ def codec_engine(mimi, context, progress: Progress | None = None, num_codebooks:
         runners[component] = TrtRunner(engine, device, component)
     if progress:
         progress("tensorrt: codec engines ready", len(builders), len(builders))
-    trt_mimi = TrtMimi(runners.get(P.MIMI_ENCODER), runners[P.MIMI_DECODER_STEP], mimi, num_codebooks, options.max_decode_frames)
-    if P.MIMI_ENCODER in runners:
-        return trt_mimi
-    return TorchEncodingMimi(trt_mimi, mimi, num_codebooks, context.report)
-
-
-class TorchEncodingMimi:
-    """:class:`~csm_core.components.CodecEngine`: decoding on TensorRT (a :class:`TrtMimi` without an
-    encoder engine), encoding in PyTorch (the Mimi encoder does not export to ONNX yet; reported once)."""
-
-    def __init__(self, decoding, mimi_model, num_codebooks: int, report: Callable[[str], None]) -> None:
-        from csm_model.mimi import TorchMimi
-
-        self._decoding, self._torch = decoding, TorchMimi(mimi_model, num_codebooks)
-        self._report, self._reported = report, False
-        self.sample_rate, self.frame_rate = decoding.sample_rate, decoding.frame_rate
-        self.num_codebooks, self.samples_per_frame = decoding.num_codebooks, decoding.samples_per_frame
-
-    def encode(self, pcm):
-        if not self._reported:
-            self._report("tensorrt: the Mimi encoder does not export to ONNX yet; encoding runs in PyTorch")
-            self._reported = True
-        return self._torch.encode(pcm)
-
-    def init_state(self, batch_size: int = 1):
-        return self._decoding.init_state(batch_size)
-
-    def decode_step(self, codes, state):
-        return self._decoding.decode_step(codes, state)
-
-    def decode(self, codes):
-        return self._decoding.decode(codes)
+    return TrtMimi(runners[P.MIMI_ENCODER], runners[P.MIMI_DECODER_STEP], mimi, num_codebooks, options.max_decode_frames)

@@ -91,10 +91,21 @@ class TrtDepthDecoder:
 
 
 class TrtCsmEngines:
-    """The ``csm`` component on the TensorRT backend."""
+    """The ``csm`` component on the TensorRT backend.
 
-    def __init__(self, backbone: TrtBackbone, decoder: TrtDepthDecoder) -> None:
+    A fixed batch of ``batch_size`` rows (the graphs the engines are built from are exported for one row):
+    :meth:`for_batch` never re-sizes them.
+    """
+
+    frame_decoder = None  # no whole-frame engine
+
+    def __init__(self, backbone: TrtBackbone, decoder: TrtDepthDecoder, batch_size: int = 1) -> None:
         self.backbone, self.decoder = backbone, decoder
+        self.batch_size = batch_size
+
+    def for_batch(self, rows: int) -> "TrtCsmEngines | None":
+        """``self`` for up to :attr:`batch_size` rows; None for more."""
+        return self if rows <= self.batch_size else None
 
 
 class TrtMimi:
@@ -118,10 +129,27 @@ class TrtMimi:
 
     @torch.inference_mode()
     def encode(self, pcm: torch.Tensor) -> torch.Tensor:
+        """``pcm`` [B,1,N] -> codes [B,K,ceil(N/1920)]: the encoder step engine (batch 1, one chunk of whole
+        frames per call, explicit state) over each row, the end padded with zeros to whole frames."""
+        from csm_model.mimi_encoder_streaming import MimiStreamingEncoder
+
         if pcm.ndim != 3 or pcm.shape[1] != 1 or pcm.shape[2] == 0 or not pcm.is_floating_point():
             raise ValueError(f"pcm must be a float tensor [batch, 1, samples>0], got {tuple(pcm.shape)} {pcm.dtype}")
-        pcm = torch.nn.functional.pad(pcm, (0, -pcm.shape[-1] % self.samples_per_frame))
-        return self.encoder.run({"pcm": pcm})["codes"].to(torch.int64)
+        frames = -(-pcm.shape[-1] // self.samples_per_frame)
+        chunk = self.encoder.specs["pcm"].shape[2]
+        pcm = torch.nn.functional.pad(pcm.float(), (0, -pcm.shape[-1] % chunk)).to(self.encoder.device)
+        pairs = pair_state_names(self.encoder.inputs, self.encoder.outputs)
+        initial = MimiStreamingEncoder(self._mimi, self.num_codebooks).init_state(1).tensors()
+        rows = []
+        for row in pcm.split(1):
+            state = {f"state.{n}": t.to(self.encoder.device) for n, t in initial.items()}
+            pieces = []
+            for start in range(0, row.shape[-1], chunk):
+                out = self.encoder.run({"pcm": row[..., start : start + chunk].contiguous(), **state})
+                pieces.append(out["codes"])
+                state = {n: out[pairs[n]] for n in pairs}
+            rows.append(torch.cat(pieces, dim=-1))
+        return torch.cat(rows).to(torch.int64)[..., :frames]
 
     def init_state(self, batch_size: int = 1):
         from csm_model.mimi_streaming import MimiStreamingDecoder

@@ -35,6 +35,14 @@ def check_tensorrt() -> None:
         raise BackendUnavailable("the tensorrt backend cannot run here: " + "; ".join(problems))
 
 
+def doctor_checks():
+    """The ``tensorrt`` distribution ``csmctl doctor`` lists: its version, or that it is not installed."""
+    from csm_core.doctor import Check, installed_versions
+
+    version = installed_versions(["tensorrt"])["tensorrt"]
+    return [Check("tensorrt", version is not None, version or "not installed")]
+
+
 def _csm_engines(model, context):
     from .artifacts import csm_engines
 
@@ -69,5 +77,6 @@ def register_backends(register):
             description="NVIDIA TensorRT engines built from the ONNX graphs (strongly typed; not yet verified on hardware)",
             devices=("cuda",),
             prepare=_prepare,
+            doctor_checks=doctor_checks,
         )
     )

@@ -2,7 +2,7 @@
 
 TensorRT 11 networks are strongly typed (built with ``STRONGLY_TYPED`` on 10.x too), so fp16/bf16 is
 written into the ONNX graph before TensorRT sees it; the same pass serves the ONNX Runtime backend,
-which is why it lives there (ONNX Runtime must not depend on TensorRT).
+which is why it lives in csm_export, the layer both backends share.
 """
 
 from __future__ import annotations

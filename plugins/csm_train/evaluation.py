@@ -167,7 +167,7 @@ PROSODY_FIELDS = {
 
 def prosody_summary(samples: np.ndarray, sample_rate: int) -> dict[str, float | None]:
     """The :data:`PROSODY_FIELDS` of a clip, from the prosody analyzer (every frame analysed)."""
-    from csm_listen.prosody import extract_prosody
+    from csm_listen import extract_prosody
 
     features = extract_prosody(np.asarray(samples, dtype=np.float32), int(sample_rate))
     out = {}

@@ -72,7 +72,7 @@ def _number(value: Any) -> float | None:
 
 
 def _requested_arousal(emotion: str) -> float | None:
-    from csm_listen.sentiment import EMOTION_PROTOTYPES
+    from csm_listen import EMOTION_PROTOTYPES
 
     point = EMOTION_PROTOTYPES.get(emotion)
     return None if point is None else float(point[0])

@@ -14,7 +14,8 @@ from forced_engines import Forcing  # noqa: E402
 from csm_core.generation.batch import PromptBatch, as_prompt_batch, live_rows, stack_prompts  # noqa: E402
 from csm_core.generation.embedder import FrameEmbedder  # noqa: E402
 from csm_core.generation.frames import generate_codes, generate_frames  # noqa: E402
-from csm_core.generation.prompt import Segment, build_prompt  # noqa: E402
+from csm_core.generation.prompt import build_prompt
+from csm_core.stages import Segment  # noqa: E402
 from csm_core.generation.sampling import SamplingParams  # noqa: E402
 from csm_model.model import CsmArgs, random_csm  # noqa: E402
 from csm_pytorch.engines import TorchCsmEngines  # noqa: E402

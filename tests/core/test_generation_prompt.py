@@ -6,7 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from csm_core.generation.prompt import Segment, build_prompt  # noqa: E402
+from csm_core.generation.prompt import build_prompt
+from csm_core.stages import Segment  # noqa: E402
 
 K = 4
 
@@ -43,7 +44,6 @@ def test_layout_matches_sesames_generator():
     assert prompt.mask[t : t + 4].tolist() == [[True] * K + [False]] * 4
     # the text to speak comes last, with no audio after it
     assert prompt.tokens[-len(cur_text) :, -1].tolist() == cur_text
-    assert prompt.context_used == 1
 
 
 def test_bos_eos_are_the_tokenizers_choice():
@@ -66,21 +66,36 @@ def test_budget_error_says_what_to_do():
         build_prompt(context, 1, "b", tok, num_codebooks=K, max_frames=101 - n, max_positions=100)
 
 
-def test_trimming_drops_the_oldest_context_first_never_the_text():
+def test_context_is_trimmed_by_the_policy_alone_whose_cost_is_the_prompt_length():
+    """One place trims context (csm_core.context_policy, oldest first, never the text); the prompt takes all
+    the context it is given, and the policy's cost model counts exactly the prompt's positions."""
+    from csm_core.config import Settings
+    from csm_core.context_policy import context_for_turn, segment_cost
+
     tok = ByteTokenizer()
-    context = [Segment(0, "old", codes(30)), Segment(1, "mid", codes(30)), Segment(0, "new", codes(5, start=7))]
-    prompt = build_prompt(context, 1, "speak", tok, num_codebooks=K, max_frames=40, max_positions=100, trim_context=True)
-    assert prompt.context_used == 1
-    expected = build_prompt(context[2:], 1, "speak", tok, num_codebooks=K, max_frames=40, max_positions=100)
-    assert torch.equal(prompt.tokens, expected.tokens) and torch.equal(prompt.mask, expected.mask)
+    count = lambda text: len(tok.encode(text))  # noqa: E731
+    history = [Segment(0, "old", codes(30).numpy()), Segment(1, "mid", codes(30).numpy()),
+               Segment(0, "new", codes(5, start=7).numpy())]
+
+    def prompt(context, text="speak"):
+        segments = list(context)
+        return build_prompt(segments, 1, text, tok, num_codebooks=K, max_frames=40, max_positions=100)
+
+    settings = Settings(generation={"max_new_frames": 40})
+    chosen, events = context_for_turn(history, None, None, settings, speaker=1, text="speak", max_positions=100,
+                                      text_tokens=count)
+    assert [s.text for s in chosen] == ["new"] and "dropped the 2 oldest turn(s)" in events[0]
+    assert len(prompt(chosen)) == sum(segment_cost(count)(s) for s in chosen) + count("[1]speak")
+    with pytest.raises(ValueError, match="exceeds the 100-position budget"):  # the prompt itself never trims
+        prompt(history)
     with pytest.raises(ValueError, match="exceeds"):  # even the text alone does not fit
-        build_prompt(context, 1, "x" * 80, tok, num_codebooks=K, max_frames=40, max_positions=100, trim_context=True)
+        prompt([], "x" * 80)
 
 
 def test_bad_segments_are_rejected():
     with pytest.raises(ValueError, match="Segment.speaker=-1"):
         Segment(-1, "x")
-    with pytest.raises(ValueError, match=r"Segment.audio_codes: must be an integer tensor \[K,F\], got \(4,\)"):
+    with pytest.raises(ValueError, match=r"Segment.codes: must be integer codes \[K,F\], got int64 \(4,\)"):
         Segment(0, "x", torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="has 3 codebooks, the model has 4"):
         build_prompt([Segment(0, "x", torch.zeros(3, 2, dtype=torch.long))], 0, "y", ByteTokenizer(), num_codebooks=K, max_frames=1)

@@ -1,6 +1,7 @@
-"""One test per hookspec (``test_hook_<name>``), each through the path the core really uses.
+"""Tests of each hookspec, each through the path the core really uses.
 
-``tests/test_meta.py`` checks that every hookspec has its test here.
+``tests/test_meta.py`` checks that every hookspec has a test here whose name starts with
+``test_hook_<name>`` (as datasette's tests do).
 """
 
 from __future__ import annotations
@@ -34,17 +35,8 @@ def made_by(kind: str, hook: str):
     return type("Plugin", (), {hook: hookimpl(method)})()
 
 
-@pytest.mark.parametrize(
-    "hook, kind",
-    [
-        ("register_tokenizers", "tokenizer"),
-        ("register_transcribers", "transcriber"),
-        ("register_sentiment_analyzers", "sentiment"),
-        ("register_llms", "llm"),
-        ("register_tts", "tts"),
-    ],
-)
-def test_stage_hooks_register_under_their_kind(hook, kind):
+def assert_registers_only_under(hook: str, kind: str) -> None:
+    """A StageImpl registered through ``hook`` is found under ``kind`` and under no other stage kind."""
     registry = registry_with(made_by(kind, hook))
     assert registry.stage(kind, "x").factory(None) == kind
     others = [k for k in registry.stages if k != kind]
@@ -63,24 +55,24 @@ def test_hook_register_backends():
     assert registry.backends["numpy"].plugin == "under-test"
 
 
-def test_hook_register_tokenizers():
-    test_stage_hooks_register_under_their_kind("register_tokenizers", "tokenizer")
+def test_hook_register_tokenizers_registers_a_tokenizer_stage():
+    assert_registers_only_under("register_tokenizers", "tokenizer")
 
 
-def test_hook_register_transcribers():
-    test_stage_hooks_register_under_their_kind("register_transcribers", "transcriber")
+def test_hook_register_transcribers_registers_a_transcriber_stage():
+    assert_registers_only_under("register_transcribers", "transcriber")
 
 
-def test_hook_register_sentiment_analyzers():
-    test_stage_hooks_register_under_their_kind("register_sentiment_analyzers", "sentiment")
+def test_hook_register_sentiment_analyzers_registers_a_sentiment_stage():
+    assert_registers_only_under("register_sentiment_analyzers", "sentiment")
 
 
-def test_hook_register_llms():
-    test_stage_hooks_register_under_their_kind("register_llms", "llm")
+def test_hook_register_llms_registers_an_llm_stage():
+    assert_registers_only_under("register_llms", "llm")
 
 
-def test_hook_register_tts():
-    test_stage_hooks_register_under_their_kind("register_tts", "tts")
+def test_hook_register_tts_registers_a_tts_stage():
+    assert_registers_only_under("register_tts", "tts")
 
 
 def test_hook_register_optimizers():
@@ -133,6 +125,36 @@ def test_hook_run_stage():
     assert seen == [("llm", "hi"), ("tts", "hi")]
     assert turn.reply.text == "PLAIN"
     assert isinstance(turn.audio, Audio)
+
+
+def test_hook_run_stage_first_result_replaces_the_work_and_none_leaves_it():
+    """``firstresult``: a plain implementation's non-None result is the stage's result and the stage's
+    work does not run; None hands the stage on to the core, which runs it."""
+    replied = []
+
+    class Llm:
+        def reply(self, request):
+            replied.append(request.transcript)
+            return Reply(text="from the model", emotion="calm")
+
+    class Plugin(_NumpyTtsPlugin):
+        @hookimpl
+        def register_llms(self, register):
+            register(StageImpl("transformers", lambda ctx: Llm()))
+
+    class Canned:
+        @hookimpl
+        def run_stage(self, stage, call, turn):
+            return Reply(text="canned", emotion="happy") if stage == "llm" else None
+
+    plugins = Plugins()
+    plugins.register(Plugin(), name="under-test")
+    with Pipeline(Settings(backend="numpy"), plugins) as pipeline:
+        assert pipeline.turn(text="hi").reply.text == "from the model"
+        plugins.register(Canned(), name="canned")
+        turn = pipeline.turn(text="hi again")
+    assert replied == ["hi"] and turn.reply.text == "canned"
+    assert len(turn.audio.samples) == 3 * 1920  # the tts stage still ran: Canned returned None for it
 
 
 class _ChunkTts:
@@ -217,7 +239,7 @@ def test_hook_register_commands():
     assert runner.invoke(app, ["say"]).output == "core say\n"
 
 
-def test_register_commands_adds_subcommands_to_a_group_and_rolls_them_back_on_failure():
+def test_hook_register_commands_adds_subcommands_to_a_group_and_rolls_them_back_on_failure():
     from typer.testing import CliRunner
 
     from csm_core.plugin_commands import add_plugin_commands, command_group
@@ -230,6 +252,15 @@ def test_register_commands_adds_subcommands_to_a_group_and_rolls_them_back_on_fa
                 """A subcommand."""
                 typer.echo("bench serve ran")
 
+    class Matrix:
+        @hookimpl
+        def register_commands(self, cli):
+            @command_group(cli, "bench").callback(invoke_without_command=True)
+            def matrix(ctx: typer.Context) -> None:
+                """The group's own command."""
+                if ctx.invoked_subcommand is None:
+                    typer.echo("matrix ran")
+
     class BrokenSub:
         @hookimpl
         def register_commands(self, cli):
@@ -237,29 +268,34 @@ def test_register_commands_adds_subcommands_to_a_group_and_rolls_them_back_on_fa
             def half() -> None:
                 """Rolled back: the plugin raises after adding it."""
 
-            command_group(cli, "nope")  # KeyError naming the groups there are
+            command_group(cli, "made").command("too")(half)  # a group it made: rolled back too
+            raise RuntimeError("no database")
 
-    app, bench = typer.Typer(), typer.Typer()
+    class SecondCallback:
+        @hookimpl
+        def register_commands(self, cli):
+            @command_group(cli, "bench").callback()
+            def other(ctx: typer.Context) -> None:
+                """Would replace the matrix."""
 
-    @bench.callback(invoke_without_command=True)
-    def matrix(ctx: typer.Context) -> None:
-        if ctx.invoked_subcommand is None:
-            typer.echo("matrix ran")
+    for order in ((Sub, Matrix), (Matrix, Sub)):  # whichever plugin comes first makes the group
+        app = typer.Typer()
 
-    @app.command()
-    def other() -> None:
-        """Another core command."""
+        @app.command()
+        def other() -> None:
+            """Another core command."""
 
-    app.add_typer(bench, name="bench")
-    plugins = Plugins()
-    plugins.register(Sub(), name="sub")
-    plugins.register(BrokenSub(), name="broken-sub")
-    failures = add_plugin_commands(app, plugins)
-    assert [(f.plugin, "no command group 'nope'; groups: bench" in f.error) for f in failures] == [("broken-sub", True)]
-    assert [c.name for c in bench.registered_commands] == ["serve"]
-    runner = CliRunner()
-    assert runner.invoke(app, ["bench", "serve"]).output == "bench serve ran\n"
-    assert runner.invoke(app, ["bench"]).output == "matrix ran\n"
+        plugins = Plugins()
+        for plugin in (*order, BrokenSub, SecondCallback):
+            plugins.register(plugin(), name=plugin.__name__)
+        failures = {f.plugin: f.error for f in add_plugin_commands(app, plugins)}
+        assert failures == {"BrokenSub": "RuntimeError: no database",
+                            "SecondCallback": "ValueError: command group 'bench' already has a callback"}
+        [group] = app.registered_groups
+        assert group.name == "bench" and [c.name for c in group.typer_instance.registered_commands] == ["serve"]
+        runner = CliRunner()
+        assert runner.invoke(app, ["bench", "serve"]).output == "bench serve ran\n"
+        assert runner.invoke(app, ["bench"]).output == "matrix ran\n"
 
 
 def test_hook_at_safe_point():

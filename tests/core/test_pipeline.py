@@ -11,10 +11,10 @@ from csm_core.audio import Audio
 from csm_core.config import Settings
 from csm_core.conversation import Conversation
 from csm_core.errors import BackendUnavailable, CsmError, UnknownNameError
-from csm_core.pipeline import Pipeline
+from csm_core.pipeline import AUDIO_STAGES, Pipeline
 from csm_core.plugins import Plugins
 from csm_core.records import Backend, Optimizer, StageImpl
-from csm_core.stages import Reply, SpeechChunk
+from csm_core.stages import Reply, Segment, SpeechChunk
 
 RATE = 24000
 SPF = 1920  # samples per 80 ms frame
@@ -73,7 +73,7 @@ class StagesPlugin:
 
     def _factory(self, kind, make):
         def factory(context):
-            self.built.append((kind, context.backend.name))
+            self.built.append((kind, context.backend.name if context.backend else None))
             return make()
 
         return factory
@@ -139,7 +139,13 @@ def test_audio_turn_runs_every_stage_in_order(plugins, stages):
     metrics = turn.to_dict()["metrics"]
     assert metrics["frames"] == 4 and metrics["audio_seconds"] == pytest.approx(0.32)
     assert metrics["time_to_first_audio_s"] > 0 and metrics["real_time_factor"] > 0
-    assert all(t["peak_rss_bytes"] > 0 and t["backend"] == "numpy" for t in metrics["stages"])
+    assert all(t["peak_rss_bytes"] > 0 for t in metrics["stages"])
+    # what ran where: only the stages that declare components run on the backend; the others on none
+    assert {t["stage"]: t["backend"] for t in metrics["stages"]} == {
+        stage: "numpy" if stage == "tokenizer" else None for stage in AUDIO_STAGES
+    }
+    assert sorted(stages.built) == sorted([("tokenizer", "numpy"), ("transcriber", None), ("sentiment", None),
+                                           ("llm", None), ("tts", None)])
 
 
 def test_text_turn_skips_the_audio_stages(plugins, stages):
@@ -185,7 +191,7 @@ def test_names_are_checked_before_anything_loads(plugins, stages):
             pipeline.turn(text="hi")
     assert stages.built == []
     with pytest.raises(UnknownNameError, match="unknown backend 'onnx': choose one of gpu, numpy"):
-        Pipeline(Settings(backend="onnx"), plugins).turn(text="hi")
+        Pipeline(Settings(backend="onnx"), plugins).turn(audio=loud_speech())  # the tokenizer needs a backend
     assert stages.built == []
 
 
@@ -250,6 +256,88 @@ def test_max_frames_reaches_the_tts(plugins):
     with Pipeline(settings, plugins) as pipeline:
         turn = pipeline.speak("one two three four")
     assert turn.metrics.frames == 2
+
+
+class BatchToneTts(ToneTts):
+    """ToneTts that also speaks in batches (one row after the other) and states its position window."""
+
+    capabilities = frozenset({"batch", "position_window"})
+    max_positions = 2048
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def count_text_tokens(self, text):
+        return len(text.encode()) + 2
+
+    def speak_batch(self, requests):
+        self.batches.append(list(requests))
+        for row, request in enumerate(requests):
+            for chunk in self.speak(request):
+                yield row, chunk
+
+
+class ContractStages:
+    """tts implementations that break the stage contract, and one that keeps it with capabilities."""
+
+    def __init__(self):
+        self.batch_tts = BatchToneTts()
+
+    @hookimpl
+    def register_tts(self, register):
+        class Mute:  # no speak
+            sample_rate = RATE
+
+        class Liar(ToneTts):  # claims batches and a window, has neither speak_batch nor count_text_tokens
+            capabilities = {"batch", "position_window"}
+            max_positions = 2048
+
+        class Boaster(ToneTts):
+            capabilities = {"teleport"}
+
+        register(StageImpl("mute", lambda context: Mute()))
+        register(StageImpl("liar", lambda context: Liar()))
+        register(StageImpl("boaster", lambda context: Boaster()))
+        register(StageImpl("batches", lambda context: self.batch_tts))
+
+
+def test_stage_objects_are_checked_against_their_contract_when_built(plugins):
+    from csm_core.stages import StageContractError
+
+    plugins.register(ContractStages(), name="contract-stages")
+    cases = {
+        "mute": r"the tts stage 'mute' \(Mute\) lacks speak\(\), which every tts stage has \(Speaker\)",
+        "liar": r"the tts stage 'liar' \(Liar\) claims the 'batch' capability but lacks speak_batch\(\); claims the "
+                r"'position_window' capability but lacks count_text_tokens\(\)",
+        "boaster": r"'boaster' \(Boaster\) claims the unknown capability 'teleport' \(the tts capabilities: batch, "
+                   r"position_window\)",
+    }
+    for name, message in cases.items():
+        with Pipeline(Settings(backend="numpy", stages={"tts": name}), plugins) as pipeline:
+            with pytest.raises(StageContractError, match=message):
+                pipeline.stage("tts")
+
+
+def test_speak_batch_builds_each_request_as_speak_does(plugins):
+    from csm_core.utterances import speak_many
+
+    contract = ContractStages()
+    plugins.register(contract, name="contract-stages")
+    history = (Segment(1, "earlier", np.ones((32, 3), dtype=np.int64)),)
+    settings = Settings(backend="numpy", stages={"tts": "batches"}, generation={"max_batch": 2})
+    with Pipeline(settings, plugins) as pipeline:
+        alone = [pipeline.speak(text, emotion="happy", context=history) for text in ("one two", "three")]
+        together = speak_many(pipeline, ["one two", "three", "four five six"], emotion="happy", context=history)
+    tts = contract.batch_tts
+    assert [len(b) for b in tts.batches] == [2, 1] and [t.path for t in together] == ["batched"] * 3
+    for single, row in zip(tts.requests[:2], tts.batches[0]):
+        assert (row.text, row.speaker, row.params, [(s.speaker, s.text) for s in row.context]) == (
+            single.text, single.speaker, single.params, [(s.speaker, s.text) for s in single.context])
+    assert tts.batches[0][0].params.top_k == 30  # the emotion map's happy entry
+    for one, row in zip(alone, together):
+        assert np.array_equal(one.reply_codes, row.reply_codes) and row.params == one.params
+        assert [s.stage for s in row.metrics.stages] == ["tts"]
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from csm_core.batched import speak_many
+from audio_signals import tone
+from csm_core.config import Settings
 from csm_core.errors import ConfigError, CsmError
 from csm_core.pipeline import Pipeline
+from csm_core.plugins import Plugins
 from csm_core.stages import Segment, SpeechParams, SpeechRequest
+from csm_core.utterances import speak_many
 from optimizer_pipelines import tiny_pipeline
 
 torch = pytest.importorskip("torch")
@@ -184,3 +187,87 @@ def test_a_backend_that_cannot_batch_is_named_with_what_to_do(tmp_path):
         with pytest.raises(CsmError, match=cannot):
             speak_many(p, TEXTS[:2], context=())
         assert speak_many(p, TEXTS[:1], context=())[0].metrics.frames == FRAMES  # one row still runs
+
+
+def context_keys(request: SpeechRequest) -> list[tuple]:
+    """A request's context in comparable form (Segment == Segment is ambiguous with numpy codes)."""
+    return [(s.speaker, s.text, None if s.codes is None else s.codes.tobytes()) for s in request.context]
+
+
+@pytest.mark.slow  # the tiny CSM and Mimi, a voice profile, speaking 2 texts twice (~20 s on 2 busy cores)
+def test_one_by_one_and_batched_build_the_same_requests_with_the_voice_profile(tmp_path, write_wav, monkeypatch):
+    """One speaking path: the voice profile is pinned and the context policy applied in batches too."""
+    clip = write_wav("voice.wav", tone(220.0, 0.5, 16000), 16000)
+    settings = Settings(
+        models={"preset": "tiny"}, device="cpu", cache_dir=tmp_path / "cache", generation=GREEDY,
+        voice={"audio": str(clip), "text": "A reference clip."}, optimizers=["batched-generation"],
+    )
+    plugins = Plugins.from_environment({"CSM_LOAD_PLUGINS": "model,pytorch,optimizers"})
+    earlier = Segment(1, "Earlier words.", np.random.default_rng(0).integers(1, 2048, (32, 3)))
+    with Pipeline(settings, plugins) as p:
+        assert p.settings.generation.max_batch == 4  # set by the optimizer
+        speaker = p.stage("tts")
+        one, batched = [], []
+        speak, speak_batch = speaker.speak, speaker.speak_batch
+        monkeypatch.setattr(speaker, "speak", lambda request: (one.append(request), speak(request))[1])
+        monkeypatch.setattr(speaker, "speak_batch", lambda requests: (batched.extend(requests), speak_batch(requests))[1])
+        alone = [p.speak(text, context=(earlier,)) for text in TEXTS[:2]]
+        together = speak_many(p, TEXTS[:2], context=(earlier,))
+        profile = p.voice_profile()
+    assert [t.path for t in together] == ["batched"] * 2 and len(one) == 2 and len(batched) == 2
+    for single, row in zip(one, batched):
+        assert (row.text, row.speaker, row.params) == (single.text, single.speaker, single.params)
+        assert context_keys(row) == context_keys(single)
+        assert context_keys(row)[0] == (profile.speaker, "A reference clip.", profile.codes.tobytes())  # pinned first
+        assert context_keys(row)[1:] == [(1, "Earlier words.", earlier.codes.tobytes())]
+    for single, row in zip(alone, together):
+        assert np.array_equal(single.reply_codes, row.reply_codes)  # greedy: the same speech
+
+
+def test_engines_say_which_batches_they_can_run(tiny):
+    from csm_pytorch.cuda_graphs import cuda_graph_engines
+    from csm_pytorch.engines import TorchCsmEngines
+
+    model = tiny.stage("tts").engines.model
+    try:
+        engines = TorchCsmEngines(model, batch_size=2)
+        assert engines.batch_size == 2 and engines.for_batch(1) is engines and engines.for_batch(2) is engines
+        grown = engines.for_batch(3)
+        assert isinstance(grown, TorchCsmEngines) and grown is not engines and grown.batch_size == 3
+        wrapped = forced_end_engines(model, [None])  # a replaced backbone would not survive re-allocation
+        assert wrapped.for_batch(1) is wrapped and wrapped.for_batch(2) is None
+        graphed = cuda_graph_engines(model, 1, capture=False)  # captured graphs hold the old caches
+        assert graphed.batch_size == 1 and graphed.for_batch(1) is graphed and graphed.for_batch(2) is None
+    finally:
+        TorchCsmEngines(model)  # the shared model's caches back to one row, as the tts stage made them
+
+
+def test_speaking_in_batches_needs_the_batch_capability():
+    from csm_core import hookimpl
+    from csm_core.records import Backend, StageImpl
+    from csm_core.stages import SpeechChunk
+
+    class OneByOne:  # speaks, claims no capability
+        sample_rate = 24000
+
+        def speak(self, request):
+            yield SpeechChunk(np.zeros(1920, dtype=np.float32), np.ones((32, 1), dtype=np.int64))
+
+    class Stages:
+        @hookimpl
+        def register_backends(self, register):
+            register(Backend(name="numpy", engines={}, check=lambda: None))
+
+        @hookimpl
+        def register_tts(self, register):
+            register(StageImpl("plain", lambda context: OneByOne()))
+
+    plugins = Plugins()
+    plugins.register(Stages(), name="one-by-one")
+    settings = Settings(backend="numpy", stages={"tts": "plain"}, generation={"max_batch": 2})
+    with Pipeline(settings, plugins) as p:
+        with pytest.raises(CsmError, match=r"tts stage 'plain' cannot speak in batches .*'batch' capability"):
+            speak_many(p, ["One.", "Two."], context=())
+    one_by_one = Settings(backend="numpy", stages={"tts": "plain"})
+    with Pipeline(one_by_one, plugins) as p:
+        assert [t.path for t in speak_many(p, ["One.", "Two."], context=())] == ["sequential"] * 2

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from csm_core import hookimpl
 from csm_core.config import Settings
-from csm_core.context_window import context_for_turn, segment_cost
+from csm_core.context_policy import context_for_turn, segment_cost
 from csm_core.errors import ConfigError
-from csm_core.generation.prompt import Segment as PromptSegment
 from csm_core.generation.prompt import build_prompt
 from csm_core.pipeline import Pipeline
 from csm_core.plugins import Plugins
@@ -64,15 +62,21 @@ def speak(pipeline, context) -> np.ndarray:
 
 
 def prompt_positions(stage, context) -> int:
-    segments = [PromptSegment(s.speaker, s.text, None if s.codes is None else torch.as_tensor(s.codes)) for s in context]
+    segments = list(context)
     prompt = build_prompt(segments, 0, "What comes next?", stage.tokenizer, num_codebooks=stage.args.num_codebooks,
                           max_frames=MAX_FRAMES, max_positions=stage.engines.backbone.max_positions)
     return len(prompt)
 
 
+def effective(s: Settings) -> Settings:
+    """The settings a pipeline runs with: the optimizers' ``configure`` overrides applied."""
+    with Pipeline(s, make_plugins()) as pipeline:
+        return pipeline.settings
+
+
 def choose(stage, history, s: Settings):
     user = Segment(1, "And you?", None)
-    return context_for_turn(history, None, user, s, speaker=0, text="What comes next?",
+    return context_for_turn(history, None, user, effective(s), speaker=0, text="What comes next?",
                             max_positions=stage.engines.backbone.max_positions)
 
 
@@ -120,3 +124,14 @@ def test_switched_on_and_off_by_config():
     bad = settings(True).model_copy(update={"options": {"context-window": {"bugdet": 5}}})
     with pytest.raises(ConfigError, match="bugdet"):
         Pipeline(bad, make_plugins())
+
+
+def test_configure_sets_the_context_policy_settings():
+    on = effective(settings(True, budget=300, keep_text=False))
+    assert (on.context.budget_positions, on.context.keep_text_of_dropped, on.generation.trim_context) == (300, False, True)
+    assert effective(settings(True)).context.keep_text_of_dropped is True  # the option's default
+    switched_off = settings(True).model_copy(update={"generation": Settings().generation.model_copy(
+        update={"trim_context": False})})
+    assert effective(switched_off).generation.trim_context is True  # the policy always applies with it on
+    off = effective(settings(False))  # the options table alone changes nothing
+    assert (off.context.budget_positions, off.context.keep_text_of_dropped) == (None, False)

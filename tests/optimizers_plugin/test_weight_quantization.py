@@ -246,7 +246,7 @@ def test_small_preset_stays_within_the_stated_bound(references, cache_dir, backe
 # -- the floor -------------------------------------------------------------------------------------------
 
 def test_the_floor_reads_quantized_weights_at_their_size():
-    from csm_core.bench.floor import floor_for, norm_parameters_read_per_frame, parameters_read_per_frame, weight_format
+    from csm_bench.floor import floor_for, norm_parameters_read_per_frame, parameters_read_per_frame, weight_format
     from csm_model.presets import get_preset
 
     args = get_preset("small").args

@@ -4,7 +4,6 @@ checksum file missing, wrong or garbage) is reported and rebuilt to the clean by
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest

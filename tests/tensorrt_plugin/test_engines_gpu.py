@@ -62,7 +62,8 @@ def test_tiny_greedy_utterance_gives_the_codes_of_onnxruntime_and_pytorch(trt_gp
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     from csm_core.generation.embedder import FrameEmbedder
     from csm_core.generation.frames import generate_codes
-    from csm_core.generation.prompt import Segment, build_prompt
+    from csm_core.generation.prompt import build_prompt
+    from csm_core.stages import Segment
     from csm_core.generation.sampling import SamplingParams
     from csm_onnxruntime.engines import OnnxCsmEngines
     from csm_pytorch.engines import TorchCsmEngines

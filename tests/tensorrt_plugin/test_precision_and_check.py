@@ -133,3 +133,15 @@ def test_registered_backend_record():
     (backend,) = records
     assert backend.name == "tensorrt" and backend.devices == ("cuda",) and backend.prepare is not None
     assert set(backend.engines) == {"csm", "codec"} and backend.check is plugin.check_tensorrt
+
+
+def test_doctor_lists_the_tensorrt_distribution():
+    """``csmctl doctor``'s ``tensorrt`` line comes from the backend's ``doctor_checks``."""
+    from csm_core.doctor import installed_versions
+    from csm_tensorrt import plugin
+
+    records = []
+    plugin.register_backends(records.append)
+    (check,) = records[0].doctor_checks()
+    version = installed_versions(["tensorrt"])["tensorrt"]
+    assert (check.name, check.ok, check.detail) == ("tensorrt", version is not None, version or "not installed")

@@ -1,8 +1,8 @@
-"""``python -m csm_core.bench``: the ``csmctl bench`` command on its own."""
+"""``python -m csm_bench``: the ``csmctl bench`` command on its own."""
 
 import typer
 
-from csm_core.bench.command import bench
+from csm_bench.command import bench
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command()(bench)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from csm_core.bench.matrix import BenchInputError, Cell, parse_matrix, parse_optimizer_sets
+from csm_bench.matrix import BenchInputError, Cell, parse_matrix, parse_optimizer_sets
 from csm_core.errors import UnknownNameError
 
 PRESETS = ("tiny", "small", "csm-1b")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from csm_core.bench.matrix import Cell
-from csm_core.bench.report import SCHEMA, build_document, markdown, read_document, write_json
-from csm_core.bench.runner import CellResult
+from csm_bench.matrix import Cell
+from csm_bench.report import SCHEMA, build_document, markdown, read_document, write_json
+from csm_bench.runner import CellResult
 
 FLOOR = {"precision": "fp32", "bytes_per_frame": 400_000_000, "bandwidth_bytes_per_s": 10e9,
          "bandwidth_source": "given (--bandwidth-gbs)", "seconds_per_frame": 0.04, "frames_per_second": 25.0}
@@ -99,7 +99,7 @@ def test_plot_writes_a_real_png(document, tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.image
 
-    from csm_core.bench.plot import plot
+    from csm_bench.plot import plot
 
     path = plot(document, tmp_path / "bench.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

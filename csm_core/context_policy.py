@@ -1,4 +1,4 @@
-"""Context-window management: which context segments CSM conditions on, within a position budget.
+"""The context policy: which context segments CSM conditions on, within a position budget.
 
 Every context segment costs positions of the backbone's window: its text tokens (``[speaker]text`` with
 BOS/EOS), then, when it has audio, its F frames plus one end-of-audio frame. The prompt also holds the
@@ -17,9 +17,11 @@ The policy (:func:`choose_context`), in priority order:
    most-recent run of the conversation).
 
 The chosen segments come back in conversation order (profile first, current turn last) with a record
-of what was dropped or shortened, reported as events. The default budget is the model's position
-budget minus ``max_frames``; the ``context-window`` optimizer sets a smaller one (``[options.context-window]
-budget``), which makes prefill cheaper at the cost of less context.
+of what was dropped or shortened, reported as events. The budget is the model's position budget minus
+``max_frames``, or the smaller ``context.budget_positions`` when that is set (cheaper prefill, less
+context); ``context.keep_text_of_dropped`` switches rule 4 on (:class:`csm_core.config.ContextSettings`).
+This is the one place where context is trimmed: the prompt builder (:mod:`csm_core.generation.prompt`)
+takes the context it is given, and a prompt that does not fit is an error there.
 """
 
 from __future__ import annotations
@@ -27,32 +29,21 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from csm_core.errors import CsmError
-from csm_core.stages import Segment
+from csm_core.stages import Segment, position_window
 
 if TYPE_CHECKING:
     from csm_core.config import Settings
 
-OPTIMIZER_NAME = "context-window"
-
 Cost = Callable[[Segment], int]
 """Positions a context segment takes in the prompt."""
+
+DEFAULT_MAX_POSITIONS = 2048
+"""The position window assumed for a tts stage that does not state its own (CSM-1B's)."""
 
 
 class ContextBudgetError(CsmError):
     """The current turn alone does not fit the context budget."""
-
-
-class ContextWindowOptions(BaseModel):
-    """``[options.context-window]``: the budget (positions for context + the text to speak) and whether
-    dropped turns keep their text."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    budget: int = Field(1024, ge=1, description="positions for the context and the text to speak")
-    keep_text_of_dropped: bool = Field(True, description="keep turns whose audio does not fit as text only")
 
 
 @dataclass(frozen=True)
@@ -95,7 +86,7 @@ def choose_context(
         raise ContextBudgetError(
             f"the current turn needs {required} positions (its context segment and the text to speak) but the "
             f"context budget is {budget}: shorten the text or the user's audio, lower generation.max_new_frames, "
-            "or raise [options.context-window] budget"
+            "or raise context.budget_positions"
         )
     used, events = required, []
     kept_pinned = []
@@ -159,13 +150,14 @@ def segment_cost(text_tokens: Callable[[str], int] = utf8_token_bound) -> Cost:
     return cost
 
 
-def window_options(settings: "Settings") -> ContextWindowOptions | None:
-    """The ``context-window`` optimizer's options when it is enabled in ``settings``, else None."""
-    from csm_core.config import plugin_options
-
-    if OPTIMIZER_NAME not in settings.optimizers:
-        return None
-    return plugin_options(settings, OPTIMIZER_NAME, ContextWindowOptions)
+def stage_window(stage: object) -> tuple[int, Callable[[str], int]]:
+    """(positions, text-token counter) of a tts ``stage``: its own when it claims the ``position_window``
+    capability (:class:`csm_core.stages.PositionWindow`), else :data:`DEFAULT_MAX_POSITIONS` and
+    :func:`utf8_token_bound`."""
+    window = position_window(stage)
+    if window is None:
+        return DEFAULT_MAX_POSITIONS, utf8_token_bound
+    return window.max_positions, window.count_text_tokens
 
 
 def context_for_turn(
@@ -176,33 +168,33 @@ def context_for_turn(
     *,
     speaker: int,
     text: str,
-    max_positions: int = 2048,
+    max_positions: int = DEFAULT_MAX_POSITIONS,
     text_tokens: Callable[[str], int] = utf8_token_bound,
 ) -> tuple[tuple[Segment, ...], list[str]]:
     """The context tuple for speaking ``text`` as ``speaker`` after ``history`` (+ the ``user`` segment),
     with the voice ``profile`` pinned, and the events to report.
 
-    With ``generation.trim_context = false`` and no ``context-window`` optimizer, nothing is chosen:
-    the whole context is returned (the prompt then fails with a budget error if it does not fit).
-    Budget: ``max_positions - generation.frame_limit()`` (the model's window minus the frames to
-    generate); with the ``context-window`` optimizer enabled, the smaller of that and its ``budget``
-    option, and its ``keep_text_of_dropped``. ``text_tokens`` counts the CSM text tokenizer's tokens
-    (the default is an upper bound, exact for the presets).
+    With ``generation.trim_context = false`` nothing is chosen: the whole context is returned (the prompt
+    then fails with a budget error if it does not fit). Budget: ``max_positions -
+    generation.frame_limit()`` (the model's window minus the frames to generate), or the smaller
+    ``context.budget_positions``; ``context.keep_text_of_dropped`` as in :func:`choose_context`.
+    ``text_tokens`` counts the CSM text tokenizer's tokens (the default is an upper bound, exact for the
+    presets); :func:`stage_window` gives both from the tts stage.
     """
-    options = window_options(settings)
-    if options is None and not settings.generation.trim_context:
+    if not settings.generation.trim_context:
         # Trimming switched off: everything goes to the prompt, which fails with a budget error if it
         # does not fit; nothing is dropped behind the user's back.
         kept = (() if profile is None else (profile,)) + tuple(history) + (() if user is None else (user,))
         return kept, []
+    policy = settings.context
     budget = max_positions - settings.generation.frame_limit()
-    if options is not None:
-        budget = min(budget, options.budget)
     if budget < 1:
         raise ContextBudgetError(
             f"generation.max_new_frames={settings.generation.frame_limit()} leaves no room in the model's "
             f"{max_positions}-position window: lower it"
         )
+    if policy.budget_positions is not None:
+        budget = min(budget, policy.budget_positions)
     cost = segment_cost(text_tokens)
     choice = choose_context(
         history,
@@ -211,6 +203,6 @@ def context_for_turn(
         current=() if user is None else (user,),
         pinned=() if profile is None else (profile,),
         reserved=cost(Segment(speaker, text)),
-        keep_text_of_dropped=bool(options and options.keep_text_of_dropped),
+        keep_text_of_dropped=policy.keep_text_of_dropped,
     )
     return choice.segments, list(choice.events)

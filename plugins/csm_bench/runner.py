@@ -13,8 +13,8 @@ the median repeat:
 - ``speak_paths`` / ``batch_sizes`` (``--utterances`` > 1 only): each utterance's ``speak_many`` path
   (``batched`` / ``sequential``) and the rows generated with it, in the first measured unit
 - ``stage_seconds``: per-stage seconds from the turn's metrics
-- ``peak_rss_bytes`` / ``peak_device_bytes``: see :mod:`csm_core.bench.memory`
-- ``x_floor``: measured seconds per frame / the physical floor's (:mod:`csm_core.bench.floor`)
+- ``peak_rss_bytes`` / ``peak_device_bytes``: see :mod:`csm_bench.memory`
+- ``x_floor``: measured seconds per frame / the physical floor's (:mod:`csm_bench.floor`)
 
 The first measured unit of the baseline cell (optimizers ``none``) of each backend x preset is
 kept; every optimized cell of that backend x preset is compared with it by
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from csm_core.bench.floor import floor_for, measure_bandwidth
-from csm_core.bench.matrix import REFERENCE_BACKEND, Cell
-from csm_core.bench.memory import PeakMemory
-from csm_core.bench.session import SKIP_ERRORS, CellSession, RunOptions, skip_reason
+from csm_bench.floor import floor_for, measure_bandwidth
+from csm_bench.matrix import REFERENCE_BACKEND, Cell
+from csm_bench.memory import PeakMemory
+from csm_bench.session import SKIP_ERRORS, CellSession, RunOptions, skip_reason
 from csm_core.quality import code_agreement, compare_runs
 
 if TYPE_CHECKING:
@@ -226,10 +226,10 @@ class MatrixRunner:
 
     # -- the reference row ----------------------------------------------------------------------
     def _run_reference(self, cell: Cell) -> CellResult:
-        from csm_core.bench.reference import ReferenceSession
+        from csm_bench.reference import ReferenceSession
         from csm_model.presets import get_preset
 
-        from csm_core.bench.session import cell_settings
+        from csm_bench.session import cell_settings
         from csm_core.devices import resolve_device
 
         options = self.options

@@ -8,7 +8,7 @@ and optimizer set does the same number of frames unless the model emits the end-
 the measured frame count is what the rates are computed from.
 
 With ``utterances`` N > 1 a measured unit is N utterances (:func:`utterance_texts`) spoken through
-:func:`csm_core.batched.speak_many` — in batches when the cell lists ``batched-generation``, one by
+:func:`csm_core.utterances.speak_many` — in batches when the cell lists ``batched-generation``, one by
 one otherwise — and :meth:`CellSession.measure` returns them as one :class:`Unit`. With N = 1 it is
 the single :meth:`CellSession.speak` turn, exactly as before utterances existed.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from csm_core.bench.matrix import REFERENCE_BACKEND, Cell
+from csm_bench.matrix import REFERENCE_BACKEND, Cell
 from csm_core.errors import CsmError
 
 DEFAULT_TEXT = "The benchmark sentence is spoken the same way on every backend."
@@ -72,7 +72,7 @@ def utterance_texts(text: str, utterances: int) -> list[str]:
 class Unit:
     """One measured unit of N utterances, shaped like a :class:`~csm_core.pipeline.Turn` for the runner.
 
-    - ``turns``: the :class:`~csm_core.batched.SpokenTurn` of each text, in order;
+    - ``turns``: the :class:`~csm_core.utterances.SpokenTurn` of each text, in order;
     - ``metrics``: ``frames`` and ``audio_seconds`` summed over the turns; ``generation_seconds`` the wall
       seconds of the whole ``speak_many`` call; ``time_to_first_audio_s`` from the call's start to the
       unit's first audio chunk (whichever turn gave it); ``stages`` each distinct stage timing once (a
@@ -182,8 +182,8 @@ class CellSession:
     @property
     def precision(self) -> dict[str, str]:
         """The CSM's precision plan: ``{"backbone", "decoder", "heads"}`` (heads and embeddings stay fp32); a
-        weight-quantized part is named by its weight format (``int4-g128``, :func:`~csm_core.bench.floor.weight_format`)."""
-        from csm_core.bench.floor import weight_format
+        weight-quantized part is named by its weight format (``int4-g128``, :func:`~csm_bench.floor.weight_format`)."""
+        from csm_bench.floor import weight_format
 
         settings = self.settings
         plan = {"backbone": settings.precision_of("backbone"), "decoder": settings.precision_of("decoder"),
@@ -200,10 +200,10 @@ class CellSession:
 
     def measure(self):
         """One measured unit: the :meth:`speak` Turn when ``utterances`` is 1, else a :class:`Unit` of
-        :func:`utterance_texts` spoken by :func:`~csm_core.batched.speak_many` without context."""
+        :func:`utterance_texts` spoken by :func:`~csm_core.utterances.speak_many` without context."""
         if self.options.utterances == 1:
             return self.speak()
-        from csm_core.batched import speak_many
+        from csm_core.utterances import speak_many
 
         texts = utterance_texts(self.options.text, self.options.utterances)
         started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The context-window policy as a pure function over segment costs, and its wiring helper."""
+"""The context policy as a pure function over segment costs, its wiring helper and its settings."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from csm_core.config import Settings
-from csm_core.context_window import (
+from csm_core.context_policy import (
     ContextBudgetError,
     choose_context,
     context_for_turn,
     segment_cost,
+    stage_window,
     utf8_token_bound,
 )
 from csm_core.errors import ConfigError
@@ -104,8 +105,8 @@ def test_reserved_positions_count_against_the_budget():
     assert choose_context(history, budget=9, cost=COST, reserved=1).segments == ()
 
 
-def settings(**extra) -> Settings:
-    return Settings(generation={"max_new_frames": 100}, **extra)
+def settings(generation: dict | None = None, **extra) -> Settings:
+    return Settings(generation={"max_new_frames": 100, **(generation or {})}, **extra)
 
 
 def test_context_for_turn_default_budget_is_the_window_minus_max_frames():
@@ -118,23 +119,67 @@ def test_context_for_turn_default_budget_is_the_window_minus_max_frames():
     assert len(events) == 1 and "dropped the 3 oldest" in events[0]
 
 
-def test_context_for_turn_uses_the_optimizer_budget_only_when_enabled():
+def test_context_for_turn_uses_the_configured_budget_and_keeps_text_when_asked():
     history = [seg(i % 2, "t", 50) for i in range(6)]
-    options = {"context-window": {"budget": 90, "keep_text_of_dropped": True}}
-    off = context_for_turn(history, None, None, settings(options=options), speaker=0, text="ok", max_positions=2048)[0]
-    on, events = context_for_turn(
-        history, None, None, settings(optimizers=["context-window"], options=options), speaker=0, text="ok",
-        max_positions=2048,
-    )
-    assert keys(off) == keys(history)
+    full = context_for_turn(history, None, None, settings(), speaker=0, text="ok", max_positions=2048)[0]
+    context = {"budget_positions": 90, "keep_text_of_dropped": True}
+    on, events = context_for_turn(history, None, None, settings(context=context), speaker=0, text="ok",
+                                  max_positions=2048)
+    assert keys(full) == keys(history)
     # 90 - 7 = 83: the newest with audio (57), then text only (6 each) for 4 of the older five
     assert on[-1] is history[-1] and all(s.codes is None for s in on[:-1]) and len(on) == 5
     assert any("text only" in e for e in events) and any("dropped the 1 oldest" in e for e in events)
+    dropped, events = context_for_turn(history, None, None, settings(context={"budget_positions": 90}), speaker=0,
+                                       text="ok", max_positions=2048)
+    assert keys(dropped) == keys(history[-1:]) and "dropped the 5 oldest" in events[0]  # text not kept by default
+    # the model's window minus the frames wins when it is the smaller
+    small, _ = context_for_turn(history, None, None, settings(context={"budget_positions": 5000}), speaker=0,
+                                text="ok", max_positions=300)
+    assert keys(small) == keys(history[3:])
 
 
-def test_context_for_turn_bad_options_and_no_room():
-    bad = settings(optimizers=["context-window"], options={"context-window": {"budget": 0}})
-    with pytest.raises(ConfigError, match=r"\[options.context-window\]"):
-        context_for_turn([], None, None, bad, speaker=0, text="ok")
+def test_trimming_switched_off_passes_everything():
+    history = [seg(i % 2, "t", 50) for i in range(6)]
+    profile = seg(0, "voice", 3)
+    off = settings(generation={"trim_context": False}, context={"budget_positions": 90})
+    context, events = context_for_turn(history, profile, None, off, speaker=0, text="ok", max_positions=300)
+    assert keys(context) == keys([profile, *history]) and events == []
+
+
+def test_context_for_turn_no_room():
     with pytest.raises(ContextBudgetError, match="max_new_frames=100 leaves no room"):
         context_for_turn([], None, None, settings(), speaker=0, text="ok", max_positions=100)
+    with pytest.raises(ContextBudgetError, match="or raise context.budget_positions"):
+        context_for_turn([], None, seg(1, "u", 20), settings(context={"budget_positions": 10}), speaker=0, text="ok")
+
+
+def test_bad_context_settings_are_clear_config_errors():
+    from csm_core.config import load_settings
+
+    with pytest.raises(ConfigError, match=r"context.budget_positions: must be at least 1 position .*leave it out"):
+        load_settings(environ={"CSM_CONTEXT__BUDGET_POSITIONS": "0"})
+    with pytest.raises(ConfigError, match=r"context.keep_text: unknown setting"):
+        load_settings(environ={"CSM_CONTEXT__KEEP_TEXT": "true"})
+    with pytest.raises(ConfigError, match=r"generation.max_batch: must be 1..64 utterances .*one by one"):
+        load_settings(environ={"CSM_GENERATION__MAX_BATCH": "65"})
+    assert load_settings(environ={"CSM_GENERATION__MAX_BATCH": "8"}).generation.max_batch == 8
+    assert load_settings(environ={}).context.budget_positions is None
+
+
+def test_stage_window_is_the_stage_capability_or_the_defaults():
+    class Windowed:
+        capabilities = {"position_window"}
+        max_positions = 512
+
+        def count_text_tokens(self, text):
+            return 3
+
+    class Unclaimed:  # has the members but does not claim the capability: not used
+        max_positions = 512
+
+        def count_text_tokens(self, text):
+            return 3
+
+    positions, count = stage_window(Windowed())
+    assert positions == 512 and count("anything") == 3
+    assert stage_window(Unclaimed()) == (2048, utf8_token_bound)

@@ -1,7 +1,7 @@
 """The PNG plot of a bench document: frames/s per cell, grouped by backend, with the floor as a line.
 
 One panel per preset. Bars are the cells that ran (skipped and failed cells are named in the legend
-title, beside the axes); a dashed line marks the physical floor's frames/s (:mod:`csm_core.bench.floor`) for each
+title, beside the axes); a dashed line marks the physical floor's frames/s (:mod:`csm_bench.floor`) for each
 precision used; the axis turns logarithmic when the floor is over 10x the fastest bar.
 Uses matplotlib's Agg backend: no display needed.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def plot(document: dict, path: Path) -> Path:
-    """Draw ``document`` (see :mod:`csm_core.bench.report`) to the PNG file ``path``; returns ``path``."""
+    """Draw ``document`` (see :mod:`csm_bench.report`) to the PNG file ``path``; returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")

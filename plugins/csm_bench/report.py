@@ -17,9 +17,9 @@ JSON (``schema: "csm-multi-bench/1"``)::
                 "events": [...]}]}
 
 The Markdown has one table per preset. Ratios: ``speed-up`` is the paired speed-up over the ``none``
-cell of the same backend and preset (:mod:`csm_core.bench.runner`), or the ratio of frames/s where no
+cell of the same backend and preset (:mod:`csm_bench.runner`), or the ratio of frames/s where no
 pairing ran; ``vs reference`` over transformers' reference row; ``x floor``
-is how many times the physical floor a frame takes (see :mod:`csm_core.bench.floor`).
+is how many times the physical floor a frame takes (see :mod:`csm_bench.floor`).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from csm_core.bench.matrix import REFERENCE_BACKEND
+from csm_bench.matrix import REFERENCE_BACKEND
 
 SCHEMA = "csm-multi-bench/1"
 MIB = 1024 * 1024
 
 
 def build_document(results, run: dict, machine: dict) -> dict:
-    """The JSON document of a run: ``results`` are :class:`~csm_core.bench.runner.CellResult`."""
+    """The JSON document of a run: ``results`` are :class:`~csm_bench.runner.CellResult`."""
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

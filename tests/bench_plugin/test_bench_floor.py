@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from csm_core.bench.floor import floor_for, measure_bandwidth, parameters_read_per_frame
+from csm_bench.floor import floor_for, measure_bandwidth, parameters_read_per_frame
 
 # Small enough to count by hand (see test_floor_of_a_config_counted_by_hand).
 ARGS = SimpleNamespace(

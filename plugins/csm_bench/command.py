@@ -1,7 +1,8 @@
 """``csmctl bench``: run a matrix of backend x optimizer set x preset and write JSON, Markdown and PNG.
 
-The command function :func:`bench` is written for typer; ``csm_core.cli`` registers it (and
-``python -m csm_core.bench`` runs it alone). Nothing heavy is imported until it runs.
+The command function :func:`bench` is written for typer; :mod:`csm_bench.plugin` makes it the
+callback of the ``csmctl bench`` group (and ``python -m csm_bench`` runs it alone). Nothing heavy is
+imported until it runs.
 
 Bad input (the matrix strings, numbers, ``--text``, ``--device``, ``--config``, an ``--out`` that is a
 file or cannot be created or written) exits with status 2 before torch is imported. The three reports
@@ -85,8 +86,8 @@ def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repe
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from csm_core.bench.matrix import parse_matrix, split_names
-    from csm_core.bench.session import DEFAULT_TEXT, RunOptions, cell_settings
+    from csm_bench.matrix import parse_matrix, split_names
+    from csm_bench.session import DEFAULT_TEXT, RunOptions, cell_settings
     from csm_core.output_paths import check_output_folder
     from csm_core.user_text import check_text
 
@@ -103,10 +104,10 @@ def run_bench(*, backends: str, optimizers: str, presets: str, frames: int, repe
 
     cells = parse_matrix(backends, optimizers, presets, PRESETS)
 
-    from csm_core.bench.machine import machine_info
-    from csm_core.bench.plot import plot
-    from csm_core.bench.report import build_document, markdown, write_json
-    from csm_core.bench.runner import run_matrix
+    from csm_bench.machine import machine_info
+    from csm_bench.plot import plot
+    from csm_bench.report import build_document, markdown, write_json
+    from csm_bench.runner import run_matrix
     from csm_core.files import replace_together
 
     console = Console(stderr=True)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from csm_core import hookimpl
-from csm_core.bench.matrix import REFERENCE_BACKEND, Cell, parse_matrix
-from csm_core.bench.runner import MatrixRunner, run_matrix
-from csm_core.bench.session import RunOptions, utterance_texts
+from csm_bench.matrix import REFERENCE_BACKEND, Cell, parse_matrix
+from csm_bench.runner import MatrixRunner, run_matrix
+from csm_bench.session import RunOptions, utterance_texts
 from csm_core.errors import BackendUnavailable, CsmError
 from csm_core.plugins import Plugins
 from csm_core.records import Backend, Optimizer
@@ -150,7 +150,7 @@ def test_utterance_texts_differ_in_length_and_one_is_the_text_itself():
 @pytest.mark.slow
 def test_unit_codes_are_the_utterances_codes_concatenated_in_order(plugins):
     """A 2-utterance unit against each text spoken alone on the same pipeline (greedy: same codes)."""
-    from csm_core.bench.session import CellSession
+    from csm_bench.session import CellSession
 
     options = RunOptions(frames=2, repeats=1, warmup=0, utterances=2)
     with CellSession(Cell("tiny", "pytorch"), options, plugins()) as session:

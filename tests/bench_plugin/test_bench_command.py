@@ -1,4 +1,4 @@
-"""`csmctl bench` end to end, as a subprocess of ``python -m csm_core.bench`` on the tiny preset."""
+"""`csmctl bench` end to end, as a subprocess of ``python -m csm_bench`` on the tiny preset."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 
 
 def bench(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "csm_core.bench", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "csm_bench", *args], capture_output=True, text=True,
                           env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env}, timeout=300)
 
 
 def test_importing_the_command_imports_nothing_heavy():
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import csm_core.bench.command"],
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import csm_bench.command"],
                             capture_output=True, text=True, check=True)
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     assert "csm_core" in imported
