@@ -125,7 +125,7 @@ def add_train_command(cli: typer.Typer) -> None:
             latest = latest_checkpoint(output_dir)
             kept = f"kept checkpoint {latest}; continue with --resume" if latest else "no checkpoint was written yet"
             typer.secho(f"interrupted: {kept}", fg=typer.colors.YELLOW, err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         if result.final is None:  # a non-main process under torchrun
             return
         first = result.losses[0] if result.losses else None

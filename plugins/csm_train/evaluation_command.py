@@ -112,7 +112,7 @@ def add_eval_command(cli: typer.Typer) -> None:
             _fail(str(exc))
         except KeyboardInterrupt:
             typer.secho(f"interrupted: nothing written to {out}", fg=typer.colors.YELLOW, err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         for run in document["runs"]:
             o = run["overall"]
             typer.echo(f"{run['label']}: WER {o['intelligibility']['wer']:.3f}, CER {o['intelligibility']['cer']:.3f}, "

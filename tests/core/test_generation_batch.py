@@ -14,7 +14,7 @@ from forced_engines import Forcing  # noqa: E402
 from csm_core.generation.batch import PromptBatch, as_prompt_batch, live_rows, stack_prompts  # noqa: E402
 from csm_core.generation.embedder import FrameEmbedder  # noqa: E402
 from csm_core.generation.frames import generate_codes, generate_frames  # noqa: E402
-from csm_core.generation.prompt import build_prompt
+from csm_core.generation.prompt import build_prompt  # noqa: E402
 from csm_core.stages import Segment  # noqa: E402
 from csm_core.generation.sampling import SamplingParams  # noqa: E402
 from csm_model.model import CsmArgs, random_csm  # noqa: E402
@@ -86,9 +86,9 @@ def test_prefill_of_a_padded_row_equals_the_row_alone(model, embedder, prompts):
     for row, prompt in enumerate(prompts):
         alone = as_prompt_batch(prompt)
         engines.backbone.reset()
-        h, l = engines.backbone.prefill(embedder.embed_frames(alone.tokens, alone.mask), alone.positions)
+        h, lg = engines.backbone.prefill(embedder.embed_frames(alone.tokens, alone.mask), alone.positions)
         torch.testing.assert_close(hidden[row], h[0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(logits[row], l[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits[row], lg[0], rtol=1e-5, atol=1e-6)
 
 
 def test_ragged_batch_gives_each_row_its_unbatched_codes_under_greedy(model, embedder, prompts):

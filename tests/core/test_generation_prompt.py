@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from csm_core.generation.prompt import build_prompt
+from csm_core.generation.prompt import build_prompt  # noqa: E402
 from csm_core.stages import Segment  # noqa: E402
 
 K = 4

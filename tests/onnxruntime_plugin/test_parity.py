@@ -70,7 +70,7 @@ def test_depth_decoder_matches_pytorch_over_a_frame(csm_pair):
     ref = torch_engines(model)
     gen = torch.Generator().manual_seed(2)
     d = model.args.backbone_dim
-    for frame in range(2):  # the second frame checks reset
+    for _frame in range(2):  # the second frame checks reset
         engines.decoder.reset()
         ref.decoder.reset()
         x = torch.randn(1, 2, d, generator=gen) * 0.1
