@@ -182,6 +182,13 @@ class Pipeline:
                         f"{backend.name!r} does not provide; backends that do: {', '.join(having) or 'none'} "
                         f"(set backends.{stage} = \"<name>\" to run only this stage there)"
                     )
+                kind = self.settings.device.split(":")[0]
+                if kind != "auto" and kind not in backend.devices:
+                    raise CsmError(
+                        f"{stage} stage {impl.name!r}: backend {backend.name!r} runs on {', '.join(backend.devices)}, "
+                        f"not on device {self.settings.device!r}: set --device (device = ...) to one of those, or "
+                        f"choose another backend for the stage (backends.{stage})"
+                    )
                 try:
                     backend.check()
                 except BackendUnavailable as exc:

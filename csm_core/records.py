@@ -32,7 +32,8 @@ class Backend:
     it must be cheap and must not load models. ``prepare(context, progress)``, when given, builds the
     backend's artifacts ahead of time (exported graphs, compiled engines) for ``csmctl export`` and
     returns the paths written; ``progress(description, completed, total)`` reports how far it is.
-    ``device_check(device)``, when given, says why the backend's runtime cannot use ``device`` on this
+    ``devices`` are the device kinds it runs on (``cpu``, ``cuda``); a pipeline that asks another refuses
+    before anything loads. ``device_check(device)``, when given, says why the backend's runtime cannot use ``device`` on this
     machine although the machine has it (a runtime build without CUDA support), or returns None when
     it can; ``csmctl doctor`` reports it. ``doctor_checks()``, when given, returns what ``csmctl
     doctor`` lists about the backend's runtime besides ``check()``, one :class:`csm_core.doctor.Check`

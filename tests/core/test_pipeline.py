@@ -201,6 +201,15 @@ def test_unavailable_backend_is_an_error_before_loading(plugins, stages):
     assert stages.built == []
 
 
+def test_a_device_the_backend_does_not_run_on_is_an_error_before_loading(plugins, stages):
+    # the numpy test backend declares the default devices: cpu only
+    with pytest.raises(CsmError, match=r"tokenizer stage 'mimi': backend 'numpy' runs on cpu, not on device 'cuda:1'"):
+        Pipeline(Settings(backend="numpy", device="cuda:1"), plugins).turn(audio=loud_speech())
+    assert stages.built == []
+    with Pipeline(Settings(backend="numpy", device="cpu"), plugins) as pipeline:
+        assert pipeline.turn(text="hi").reply is not None  # the llm and tts here declare no components
+
+
 def test_backend_without_the_needed_engine(plugins, stages):
     class NoCodec:
         @hookimpl
