@@ -85,13 +85,14 @@ def mimi_config(preset: str = "tiny") -> MimiConfig:
     return MimiConfig(**MIMI_PRESETS[preset])
 
 
-def random_mimi(preset: str = "tiny", seed: int = 0) -> MimiModel:
-    """A ``MimiModel`` of the preset's size with random weights, the same for the same seed (eval mode).
+def random_mimi(preset: str = "tiny", seed: int = 0, config: MimiConfig | None = None) -> MimiModel:
+    """A ``MimiModel`` of the preset's size (or of ``config``) with random weights, the same for the same
+    seed (eval mode).
 
     transformers initializes every codebook to zeros (all codes decode alike and encode to 0), so the
     codebooks get random unit-normal centroids here; the global RNG is left as it was.
     """
-    config = mimi_config(preset)
+    config = mimi_config(preset) if config is None else config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MimiModel(config)

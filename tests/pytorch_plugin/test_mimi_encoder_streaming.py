@@ -8,9 +8,7 @@ import pytest
 import torch
 from audio_signals import tone
 from csm_model.hf_compat import (
-    mimi_codebooks,
     mimi_encode_streaming,
-    reset_codebook_caches,
 )
 from csm_model.mimi import MIMI_PRESETS, TorchMimi, random_mimi
 from csm_model.mimi_encoder_streaming import (
@@ -41,14 +39,7 @@ def clip(batch: int, frames: int) -> torch.Tensor:
 
 def seeded_mimi(config: MimiConfig, seed: int = 0) -> MimiModel:
     """As :func:`random_mimi`, for any config."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MimiModel(config)
-        for codebook in mimi_codebooks(model):
-            codebook.embed_sum.normal_()
-            codebook.cluster_usage.fill_(1.0)
-    reset_codebook_caches(model)
-    return model.eval()
+    return random_mimi(seed=seed, config=config)
 
 
 def stream(encoder: MimiStreamingEncoder, pcm: torch.Tensor, chunks: list[int]) -> torch.Tensor:

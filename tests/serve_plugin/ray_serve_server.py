@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_server import API_KEY, Server, free_port
+from serve_server import API_KEY, Server, free_port, server_environment
 
 READY_TIMEOUT_S = 300.0
 READY_LINE = "csmctl serve --ray: ready after"
@@ -26,17 +26,7 @@ def start_ray_server(folder: Path, max_frames: int, replicas: int | None = 2, co
     ready (every replica loaded) and ``/ready`` answers 200. ``options``: ``[options.serve]``,
     ``ray_options``: ``[options.ray]`` (through the environment)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CSM_", "RAY_"))}
-    env.update({
-        "CSM_CACHE_DIR": str(folder / "cache"),
-        "CSM_OPTIONS__SERVE__THREADS": "1",
-        "CSM_OPTIONS__SERVE__VOICES_DIR": str(folder / "voices"),
-        "PYTHONUNBUFFERED": "1",
-    })
-    if api_key:
-        env["CSM_SERVE_API_KEY"] = api_key
-    for name, value in options.items():
-        env[f"CSM_OPTIONS__SERVE__{name.upper()}"] = str(value)
+    env = server_environment(folder, api_key, options, drop=("CSM_", "RAY_"))
     for name, value in (ray_options or {}).items():
         env[f"CSM_OPTIONS__RAY__{name.upper()}"] = str(value)
     command = [sys.executable, "-m", "csm_core.cli", "serve", "--ray", "--preset", "tiny", "--device", "cpu",

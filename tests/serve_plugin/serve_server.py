@@ -67,10 +67,10 @@ class Server:
         return self.process.returncode
 
 
-def start_server(folder: Path, max_frames: int, api_key: str | None = API_KEY, **options) -> Server:
-    """Start ``python -m csm_core.cli serve --preset tiny`` on a free loopback port and wait for /ready."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CSM_")}
+def server_environment(folder: Path, api_key: str | None, options: dict, drop: tuple[str, ...] = ("CSM_",)) -> dict:
+    """The server process's environment: this one without variables starting with ``drop``, the cache and
+    voices in ``folder``, one thread, the API key, and ``options`` as ``[options.serve]``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update({
         "CSM_CACHE_DIR": str(folder / "cache"),
         "CSM_OPTIONS__SERVE__THREADS": "1",
@@ -81,6 +81,13 @@ def start_server(folder: Path, max_frames: int, api_key: str | None = API_KEY, *
         env["CSM_SERVE_API_KEY"] = api_key
     for name, value in options.items():
         env[f"CSM_OPTIONS__SERVE__{name.upper()}"] = str(value)
+    return env
+
+
+def start_server(folder: Path, max_frames: int, api_key: str | None = API_KEY, **options) -> Server:
+    """Start ``python -m csm_core.cli serve --preset tiny`` on a free loopback port and wait for /ready."""
+    port = free_port()
+    env = server_environment(folder, api_key, options)
     log = folder / "server.log"
     command = [sys.executable, "-m", "csm_core.cli", "serve", "--preset", "tiny", "--device", "cpu",
                "--host", "127.0.0.1", "--port", str(port), "-m", str(max_frames), "--verbose"]
