@@ -46,7 +46,6 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
 MAX_SPEAKER_ID = 1023  # CSM writes speaker ids as text, "[0]", "[1]": a larger id is a mistake (a seed, a port)
 BENCH_ENV_PREFIX = "CSM_BENCH_"  # the benchmark suite's own variables (benchmarks/conftest.py), not settings
 MAX_BATCH = 64  # utterances generated together at most (rows of the KV caches)
-DEFAULT_EMOTIONS = ("happy", "calm", "excited", "sad", "angry", "neutral")
 
 
 class _Model(BaseModel):

@@ -17,11 +17,9 @@ csm-1b    16 x 2048, 32/8, 8192       4 x 1024, 8/2, 8192        128256       GP
 
 Every preset keeps CSM's 32 codebooks of 2051 entries (2048 Mimi codes + 3 specials), Llama-3 RoPE
 (theta 500000, scale 32) and the backbone's 2048 positions (``tiny``: 512, enough for tests). ``tiny``
-still pays for 32 codebooks: a frame is one backbone step and 31 depth-decoder steps, 20-40 ms on a
-2-core CPU (one intra-op thread; measured ~43 frames/s), where time goes to per-step overhead rather than
-arithmetic. Fewer codebooks would break parity with the Mimi codec's 32 and it is fast enough, so they
-stay. ``small`` measured ~11 frames/s on one thread of a busy 2-core machine (load ~3.5); tiny and
-small models run slower, not faster, with two threads when the cores are shared.
+still pays for 32 codebooks: a frame is one backbone step and 31 depth-decoder steps, where time goes
+to per-step overhead rather than arithmetic. Fewer codebooks would break parity with the Mimi codec's
+32, so they stay (speeds per preset: docs/benchmarks.md).
 
 Presets use :class:`~csm_model.text_tokenizer.ByteTextTokenizer` (259 ids), which fits every text
 vocabulary here. Weights depend only on ``(preset, seed)`` (:func:`csm_model.model.random_csm`).

@@ -25,10 +25,9 @@ Effect: exact. Releasing cached memory changes no tensor; codes are identical to
 (the quality gate, tested on the tiny preset with greedy decoding and ``min_interval = 1``).
 
 Risk: time. ``empty_cache`` makes the next allocations go to the CUDA driver (slower, and it
-synchronizes). On CPU ``malloc_trim`` costs ~0.1 ms and ``gc.collect(0)`` (the default, young objects
-only) ~0.05 ms, but a full ``gc.collect()`` walks every Python object: ~100-300 ms with torch and
-transformers imported (measured on this 2-core machine), longer than a frame, so ``gc_generation = 2``
-is for processes that create reference cycles per frame. Tensors are freed by reference counting, not
+synchronizes). On CPU ``gc.collect(0)`` (the default, young objects only) and ``malloc_trim`` are cheap,
+but a full ``gc.collect()`` walks every Python object and can take longer than a frame
+(docs/optimizers.md), so ``gc_generation = 2`` is for processes that create reference cycles per frame. Tensors are freed by reference counting, not
 by the collector, so generation 0 loses nothing for the stages here. The adaptive interval bounds the
 cost: at most one clear per ``min_interval`` frames.
 

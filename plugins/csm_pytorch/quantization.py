@@ -8,16 +8,14 @@ that ``Settings.weight_quantization`` names. Embeddings, ``codebook0_head``, ``p
 
 - **8 bits**: ``torch.ao.nn.quantized.dynamic.Linear`` (fbgemm/x86 engine): int8 weights with one scale
   per output channel (rows of ``K`` weights, whatever ``block_size`` says: the kernel has no blocks),
-  activations quantized to 8 bits per call (dynamic) and accumulated in int32. The fastest int8 CPU
-  path measured here (Xeon with AVX-512 VNNI/AMX, one thread, M=1): 3.5x float32 for a 2048x8192
-  layer, where ``torch._weight_int8pack_mm`` gave 2x (bf16 activations) and torchao 0.18's int8
-  weight-only tensors were slower than float32.
+  activations quantized to 8 bits per call (dynamic) and accumulated in int32: the fastest of the int8
+  CPU paths compared (``torch._weight_int8pack_mm``, torchao's weight-only tensors; figures in
+  docs/optimizers.md).
 - **4 bits**: :class:`Int4Linear` over ``torch._weight_int4pack_mm_for_cpu``: codes packed two per byte
   (``torch._convert_weight_to_int4pack_for_cpu``), one bf16 scale per ``block_size`` weights along the
   input dimension (symmetric, the largest-magnitude weight of a block maps to -8), activations cast to
-  bf16 for the kernel and the output back to the input's dtype. Measured 1.5x float32 for a 2048x8192
-  layer: slower than the 8-bit path on this CPU (torchao 0.18 dropped its CPU int4 layout; the
-  ``_dyn_quant_matmul_4bit`` kernel is for Arm).
+  bf16 for the kernel and the output back to the input's dtype (torchao 0.18 dropped its CPU int4
+  layout; the ``_dyn_quant_matmul_4bit`` kernel is for Arm).
 
 A part whose input dimension is below ``block_size`` uses one block per row (as ONNX Runtime's
 ``MatMulNBits`` does by padding). What is not supported is an error naming what is: weights on a
