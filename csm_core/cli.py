@@ -251,7 +251,12 @@ def plugins(
 
 
 @app.command()
-def doctor(as_json: JsonOut = False) -> None:
+def doctor(
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", "-b", help="Also show which stages of a turn would run on this backend, and why not.")] = None,
+    config: ConfigFile = None,
+    as_json: JsonOut = False,
+) -> None:
     """Check runtimes, CUDA and, for every backend, whether it can run here and why not."""
     from csm_core.doctor import backend_checks, runtime_checks
     from csm_core.plugins import Plugins
@@ -259,14 +264,33 @@ def doctor(as_json: JsonOut = False) -> None:
 
     registry = Registry.collect(Plugins.from_environment(), strict=False)
     checks = runtime_checks() + backend_checks(registry)
+    rows = _coverage(registry, backend, config) if backend is not None else None
     if as_json:
-        typer.echo(json.dumps([vars(check) for check in checks], indent=2))
+        document = [vars(check) for check in checks]
+        typer.echo(json.dumps(document if rows is None else {"checks": document, "stages": rows}, indent=2))
         return
     for check in checks:
         mark = typer.style("ok  ", fg=typer.colors.GREEN) if check.ok else typer.style("no  ", fg=typer.colors.YELLOW)
         typer.echo(f"{mark}{check.name:<24} {check.detail}")
     if not registry.backends:
         typer.echo("no backend is registered: install csm-multi[torch] or a backend plugin")
+    if rows is not None:
+        typer.echo(f"\nstages of a turn on backend {backend!r}:")
+        for row in rows:
+            mark = {"runs": typer.style("ok  ", fg=typer.colors.GREEN), "own runtime": "--  "}.get(
+                row["status"], typer.style("no  ", fg=typer.colors.YELLOW))
+            typer.echo(f"{mark}{row['stage']:<12} {row['implementation']:<14} {row['status']:<20} {row['reason'] or ''}")
+
+
+def _coverage(registry, backend: str, config: Path | None) -> list[dict]:
+    """The rows of ``doctor --backend``: every stage of an audio turn, as configured, on ``backend``."""
+    from csm_core.backend_coverage import stage_coverage
+    from csm_core.pipeline import AUDIO_STAGES
+
+    try:
+        return [row.to_dict() for row in stage_coverage(registry, _settings(config), AUDIO_STAGES, backend=backend)]
+    except CsmError as exc:
+        _fail(str(exc))
 
 
 @app.command()

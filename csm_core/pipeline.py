@@ -42,9 +42,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from csm_core.audio import MIMI_SAMPLE_RATE, Audio
+from csm_core.backend_coverage import missing_engines_message, stage_coverage
 from csm_core.config import Settings, apply_overrides
 from csm_core.context_policy import context_for_turn, stage_window
 from csm_core.conversation import Conversation
+from csm_core.doctor import usable_backends
 from csm_core.emotion import speech_params
 from csm_core.errors import BackendUnavailable, CsmError
 from csm_core.metrics import StageTiming, peak_rss_bytes
@@ -166,38 +168,29 @@ class Pipeline:
 
     def require(self, *stages: str) -> None:
         """Check, before anything loads, that each stage's implementation and backend are registered,
-        that the backend provides the engines the stage needs, and that it can run here."""
-        for stage in stages:
-            impl = self.registry.stage(stage, getattr(self.settings.stages, stage))
-            if impl.components:
-                backend = self._context(stage).backend
-                missing = [c for c in impl.components if not backend.supports(c)]
-                if missing:
-                    having = sorted(
-                        name for name, entry in self.registry.backends.items()
-                        if all(entry.record.supports(c) for c in impl.components)
-                    )
-                    raise CsmError(
-                        f"{stage} stage {impl.name!r} needs {', '.join(missing)} engines, which backend "
-                        f"{backend.name!r} does not provide; backends that do: {', '.join(having) or 'none'} "
-                        f"(set backends.{stage} = \"<name>\" to run only this stage there)"
-                    )
-                kind = self.settings.device.split(":")[0]
-                if kind != "auto" and kind not in backend.devices:
-                    raise CsmError(
-                        f"{stage} stage {impl.name!r}: backend {backend.name!r} runs on {', '.join(backend.devices)}, "
-                        f"not on device {self.settings.device!r}: set --device (device = ...) to one of those, or "
-                        f"choose another backend for the stage (backends.{stage})"
-                    )
-                try:
-                    backend.check()
-                except BackendUnavailable as exc:
-                    from csm_core.doctor import usable_backends
-
-                    usable = usable_backends(self.registry)
-                    raise BackendUnavailable(
-                        f"{exc}. Backends usable here: {', '.join(usable) or 'none'} (see `csmctl doctor`)"
-                    ) from None
+        that the backend provides the engines the stage needs (every stage that lacks some is named in
+        one message, :mod:`csm_core.backend_coverage`), that it runs on the requested device, and that it
+        can run here."""
+        rows = stage_coverage(self.registry, self.settings, stages)
+        message = missing_engines_message(rows)
+        if message:
+            raise CsmError(message)
+        for row in rows:
+            if not row.components:
+                continue
+            backend = self._context(row.stage).backend
+            kind = self.settings.device.split(":")[0]
+            if kind != "auto" and kind not in backend.devices:
+                raise CsmError(
+                    f"{row.stage} stage {row.implementation!r}: backend {backend.name!r} runs on "
+                    f"{', '.join(backend.devices)}, not on device {self.settings.device!r}: set --device (device = "
+                    f"...) to one of those, or choose another backend for the stage (backends.{row.stage})"
+                )
+            if row.unavailable:
+                usable = usable_backends(self.registry)
+                raise BackendUnavailable(
+                    f"{row.unavailable}. Backends usable here: {', '.join(usable) or 'none'} (see `csmctl doctor`)"
+                )
 
     # -- loading --------------------------------------------------------------------------------
     def _slot(self, kind: str) -> _StageSlot:
