@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # torch is imported only where tensors are computed
 CSM = "csm"  # -> CsmEngines(backbone, decoder)
 CODEC = "codec"  # -> CodecEngine
 CAUSAL_LM = "causal_lm"  # module: a CausalLm record -> CausalLmEngine
-COMPONENT_KINDS = (CSM, CODEC, CAUSAL_LM)
+SPEECH_TO_TEXT = "speech_to_text"  # module: a SpeechToText record -> SpeechToTextEngine
+COMPONENT_KINDS = (CSM, CODEC, CAUSAL_LM, SPEECH_TO_TEXT)
 
 
 @runtime_checkable
@@ -88,7 +89,9 @@ class CsmEngines(Protocol):
 
     ``frame_decoder`` is a :class:`FrameEngine` where the backend offers whole-frame decoding, else None.
     ``batch_size`` is the rows the engines run now (their KV caches' rows); :meth:`for_batch` says whether
-    they can run another number, which is how batched speaking gets engines for its rows.
+    they can run another number, which is how batched speaking gets engines for its rows. Engines that can
+    hold a request per row also implement :class:`RowEngines` (``prefill_row``, ``reset_row``,
+    ``step_rows``): continuous batching needs them.
     """
 
     backbone: BackboneEngine
@@ -101,6 +104,29 @@ class CsmEngines(Protocol):
         where the backend can re-allocate its caches (the eager PyTorch engines; the old ones must not be
         used after), or None where the backend runs a fixed batch (exported graphs, captured CUDA graphs,
         TensorRT engines): the caller then says so."""
+
+
+class RowEngines(Protocol):
+    """Optional per-row calls of :class:`CsmEngines`, for continuous batching
+    (:class:`csm_core.generation.batch_session.BatchSession`): each request keeps one row of the backbone's
+    KV cache (``batch_size`` rows) for its lifetime, joins and leaves while the other rows go on.
+
+    Backends whose engines run a fixed batch (exported ONNX graphs, TensorRT engines, captured CUDA graphs)
+    do not offer these; a session then serves one request at a time on them
+    (:func:`csm_core.generation.row_engines.row_engines` says so). The eager PyTorch engines do.
+    """
+
+    def prefill_row(self, row: int, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill one prompt into cache row ``row``, leaving the other rows as they are: ``embeds``
+        [1,T,D], ``positions`` [1,T] -> (hidden [1,D], c0_logits [1,V]). Replaces what the row held."""
+
+    def reset_row(self, row: int) -> None:
+        """Forget row ``row``'s request (it may be free afterwards; cheap where the cache is read under a
+        position mask, as CSM's static caches are)."""
+
+    def step_rows(self, first: int, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One backbone step of rows ``first..first+B-1``: ``embeds`` [B,1,D] at ``positions`` [B,1] (each
+        row at its own position) -> (hidden [B,D], c0_logits [B,V])."""
 
 
 @runtime_checkable
@@ -155,6 +181,46 @@ class CausalLmEngine(Protocol):
 
     def reset(self) -> None:
         """Forget the cached sequence (the next token goes to position 0)."""
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids`` [1,T] int64 -> logits [1,V] of the last of the T tokens."""
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """``token`` [1,1] int64 -> logits [1,V] of the next token."""
+
+
+@dataclass(frozen=True)
+class SpeechToText:
+    """What a stage hands ``context.engine("speech_to_text", ...)``: an encoder-decoder speech model.
+
+    ``model`` is a transformers Whisper (``WhisperForConditionalGeneration``, the source of the weights);
+    ``max_target_positions`` is how many decoder positions (forced prompt + text) its cache holds.
+    """
+
+    model: Any
+    max_target_positions: int
+
+
+@runtime_checkable
+class SpeechToTextEngine(Protocol):
+    """An encoder-decoder speech recognizer (Whisper): an audio encoder and a text decoder whose
+    self-attention cache holds ``max_positions`` positions and whose cross-attention reads one encoding.
+
+    :meth:`encode` turns one window of log-mel features into the encoder's output; :meth:`reset` starts
+    a decoding over it (the engine may compute the cross-attention keys and values there, once).
+    ``prefill`` and ``step`` append tokens at the next free positions and return the logits of the last
+    token given, float32. The token loop (forced prompt, suppressed tokens, greedy choice, stop) is not
+    the engine's job: :mod:`csm_core.generation.speech_decoding` drives every engine.
+    """
+
+    max_positions: int
+    position: int  # the number of decoder positions written since reset()
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """``features`` [1,n_mels,frames] float (one padded 30 s window) -> encoder hidden [1,S,D]."""
+
+    def reset(self, encoder_hidden: torch.Tensor) -> None:
+        """Start decoding over ``encoder_hidden`` (from :meth:`encode`): the next token goes to position 0."""
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``input_ids`` [1,T] int64 -> logits [1,V] of the last of the T tokens."""

@@ -21,6 +21,8 @@ import torch
 from csm_core.devices import resolve_device
 from csm_core.errors import CsmError
 from csm_core.generation.batch import live_rows, stack_prompts
+from csm_core.generation.batch_session import BatchSession
+from csm_core.generation.row_engines import OneRow, row_engines
 from csm_core.generation.embedder import FrameEmbedder
 from csm_core.generation.frames import SilenceGuard, generate_frames
 from csm_core.generation.prompt import build_prompt
@@ -119,6 +121,20 @@ class CsmSpeaker:
         finally:
             chunks.close()  # a closed (cancelled) speak stops the frame loop within a frame
 
+    def open_session(self, rows: int) -> "SpeechSession":
+        """A continuous-batching session of up to ``rows`` requests (:class:`SpeechSession`).
+
+        Raises :class:`~csm_core.generation.row_engines.BatchingUnsupported` (a :class:`CsmError`) for more
+        than one row on engines that serve one request at a time. While it is in use, :meth:`speak` and
+        :meth:`speak_batch` must not run (they reset the KV caches the session's rows live in).
+        """
+        engines = row_engines(self.engines, rows)
+        if not isinstance(engines, OneRow) and engines is not self.engines:
+            self.context.report(f"csm: KV caches re-allocated for {rows} rows (continuous batching)")
+            self.engines = engines
+        session = BatchSession(engines, self.embedder, rows, SilenceGuard(self.settings.generation.max_silent_frames))
+        return SpeechSession(self, session)
+
     def batch_engines(self, rows: int):
         """The ``csm`` engines with room for ``rows`` rows (:meth:`~csm_core.components.CsmEngines.for_batch`).
 
@@ -190,3 +206,53 @@ class CsmSpeaker:
             for row in (r for r, alive in enumerate(live) if alive):
                 yield row, SpeechChunk(samples=samples[row], codes=codes[row][:, None])
             self.context.safe_point(self.device)
+
+
+class SpeechSession:
+    """Continuous batching on the ``csm`` stage: a :class:`~csm_core.generation.batch_session.BatchSession`
+    plus a streaming Mimi state per row. ``add(request) -> slot``, ``step() -> {slot: SpeechChunk or None}``
+    (None: the row ended, its slot is free), ``remove(slot)``. Each row's audio is decoded as its frame is
+    made, with its own decoder state, so a row's chunks are those :meth:`CsmSpeaker.speak` gives."""
+
+    def __init__(self, speaker: CsmSpeaker, session: BatchSession) -> None:
+        self.speaker, self.session = speaker, session
+        self.rows = session.rows
+        self._states: dict[int, object] = {}
+
+    @property
+    def free(self) -> int:
+        return self.session.free
+
+    def __len__(self) -> int:
+        return len(self.session)
+
+    def add(self, request: SpeechRequest) -> int:
+        """Prefill ``request`` into a free slot; it speaks from the next :meth:`step`. Raises
+        :class:`CsmError` for a request that cannot be spoken (and SessionFull when no slot is free)."""
+        speaker = self.speaker
+        prompt = speaker._prompt(request)
+        params = request.params
+        try:
+            slot = self.session.add(prompt, max_frames=params.max_frames, sampling=speaker._sampling(params),
+                                    seed=params.seed)
+        except ValueError as exc:
+            raise CsmError(str(exc)) from None
+        self._states[slot] = speaker.codec.init_state(1)
+        return slot
+
+    def remove(self, slot: int) -> None:
+        self.session.remove(slot)
+        self._states.pop(slot, None)
+
+    def step(self) -> dict[int, SpeechChunk | None]:
+        out: dict[int, SpeechChunk | None] = {}
+        for slot, frame in self.session.step().items():
+            if frame is None:
+                self._states.pop(slot, None)
+                out[slot] = None
+                continue
+            pcm, self._states[slot] = self.speaker.codec.decode_step(frame.view(1, -1, 1), self._states[slot])
+            out[slot] = SpeechChunk(samples=pcm[0, 0].float().cpu().numpy(),
+                                    codes=frame.cpu().numpy().astype(np.int64)[:, None])
+        self.speaker.context.safe_point(self.speaker.device)
+        return out

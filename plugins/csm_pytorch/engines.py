@@ -3,6 +3,8 @@ run eagerly, each call under ``torch.inference_mode``. :mod:`csm_pytorch.cuda_gr
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from csm_model.model import Csm
@@ -41,6 +43,22 @@ class TorchDepthDecoder:
         return self.model.decoder_logits(x, positions)
 
 
+@contextmanager
+def _cache_rows(part, first: int, count: int):
+    """Make ``part``'s (a :class:`~csm_model.model.Transformer`) KV caches look like rows
+    ``first..first+count-1`` only (views: writes land in the full caches), for the duration."""
+    full = [(block.attn, block.attn.k_cache, block.attn.v_cache) for block in part.layers]
+    if first < 0 or first + count > part.batch_size:
+        raise ValueError(f"rows {first}..{first + count - 1} are outside the {part.batch_size} rows of the KV cache")
+    try:
+        for attn, k, v in full:
+            attn.k_cache, attn.v_cache = k[first : first + count], v[first : first + count]
+        yield
+    finally:
+        for attn, k, v in full:
+            attn.k_cache, attn.v_cache = k, v
+
+
 class TorchCsmEngines:
     """The ``csm`` component on the PyTorch backend: ``.backbone`` and ``.decoder`` over one :class:`Csm`.
 
@@ -58,6 +76,27 @@ class TorchCsmEngines:
     def batch_size(self) -> int:
         """Rows the model's caches hold now (the caches live in the model, shared by every engine over it)."""
         return self.model.backbone.batch_size
+
+    # -- per-row calls (csm_core.components.RowEngines), for continuous batching ---------------------
+    @torch.inference_mode()
+    def prefill_row(self, row: int, embeds: torch.Tensor, positions: torch.Tensor):
+        """Prefill ``embeds`` [1,T,D] at ``positions`` [1,T] into cache row ``row`` only -> (hidden [1,D],
+        c0_logits [1,V]). The row's entries beyond the prompt are stale but masked by position."""
+        with _cache_rows(self.model.backbone, row, 1):
+            return self.model.backbone_logits(embeds, positions)
+
+    def reset_row(self, row: int) -> None:
+        """Nothing to do: the next :meth:`prefill_row` overwrites positions 0..T-1 and the causal mask hides
+        the stale entries beyond a row's position until a step overwrites them."""
+        if not 0 <= row < self.batch_size:
+            raise ValueError(f"row {row} is outside the {self.batch_size} rows of the KV cache")
+
+    @torch.inference_mode()
+    def step_rows(self, first: int, embeds: torch.Tensor, positions: torch.Tensor):
+        """One backbone step of cache rows ``first..first+B-1``: ``embeds`` [B,1,D], ``positions`` [B,1]
+        (each row its own) -> (hidden [B,D], c0_logits [B,V])."""
+        with _cache_rows(self.model.backbone, first, embeds.shape[0]):
+            return self.model.backbone_logits(embeds, positions)
 
     def for_batch(self, rows: int) -> "TorchCsmEngines | None":
         """``self`` when the caches hold ``rows`` rows; else new eager engines with the model's caches

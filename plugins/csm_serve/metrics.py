@@ -38,6 +38,7 @@ class ServeMetrics:
         self.requests = Counter("csm_serve_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
         self.active = Gauge("csm_serve_active_requests", "HTTP requests and WebSockets in progress", registry=r)
         self.queue_depth = Gauge("csm_serve_queue_depth", "jobs waiting for the worker", registry=r)
+        self.batch_size = Gauge("csm_serve_batch_size", "requests generating together (active rows)", registry=r)
         self.jobs = Counter("csm_serve_jobs", "jobs ended", ["kind", "outcome"], registry=r)
         self.frames = Counter("csm_serve_frames_generated", "80 ms frames generated", ["kind"], registry=r)
         self.ttfa = Histogram("csm_serve_time_to_first_audio_seconds", "submit to first audio chunk", ["kind"],

@@ -15,8 +15,14 @@ read its events as they come: audio chunks, then exactly one of done / failed / 
 - :meth:`stop_accepting` refuses new jobs; :meth:`cancel_all` cancels the queued and running ones;
   :meth:`close` does both and joins the worker.
 
-The next step (continuous batching) replaces the one-job-at-a-time loop with a batch session on this
-same thread; the handlers' side (submit, events, cancel) stays as it is.
+Continuous batching (``max_rows`` > 1): after loading, the worker opens the tts stage's batch session
+(``CsmSpeaker.open_session``). A speech job's ``work`` then only prepares its request: ``synthesize``
+hands it to the scheduler (:data:`csm_serve.synthesis.ROW_ADMISSION`), which prefills it into a free row;
+every loop of the worker steps all active rows by one frame and emits each row's decoded audio. Jobs wait
+in the queue while every row is taken; a cancelled or failed row leaves at the next frame boundary and its
+row takes the next waiting job. Jobs of other kinds (voice cloning, conversation turns) run alone, once the
+active rows have ended. A backend that serves one request at a time is reported once at start-up and runs
+one row. The handlers' side (submit, events, cancel) is the same either way.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from csm_core.errors import CsmError
+from csm_serve.synthesis import ROW_ADMISSION
 
 log = logging.getLogger("csm.serve.scheduler")
 
@@ -148,13 +155,21 @@ class Scheduler:
     """One worker thread, a queue of at most ``max_queue`` waiting jobs, the pipeline ``load`` builds.
 
     ``on_finish(job)`` is called on the worker thread after each job ends (metrics, logs);
-    ``on_depth(n)`` whenever the number of waiting jobs changes.
+    ``on_depth(n)`` whenever the number of waiting jobs changes; ``on_batch(n)`` whenever the number of
+    active rows changes. ``max_rows``: speech requests generated together at most (1: one at a time).
     """
 
     def __init__(self, load: Callable[[], Any], max_queue: int,
                  on_finish: Callable[[Job], None] | None = None,
-                 on_depth: Callable[[int], None] | None = None):
+                 on_depth: Callable[[int], None] | None = None,
+                 max_rows: int = 1,
+                 on_batch: Callable[[int], None] | None = None):
         self._load = load
+        self.max_rows = max_rows
+        self._on_batch = on_batch or (lambda n: None)
+        self._session = None  # the tts stage's SpeechSession when batching
+        self._rows: dict[int, tuple[Job, Any, Any]] = {}  # slot -> (job, its value, its SpeechRow)
+        self._held: Job | None = None  # a job that must run alone, waiting for the rows to end
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._on_finish = on_finish or (lambda job: None)
         self._on_depth = on_depth or (lambda n: None)
@@ -173,7 +188,12 @@ class Scheduler:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + (self._held is not None)
+
+    @property
+    def batch_size(self) -> int:
+        """Requests generating together now (active rows of the batch session; 0 or 1 without batching)."""
+        return len(self._rows) if self._session is not None else int(self._running is not None)
 
     def start(self) -> None:
         self._thread.start()
@@ -201,6 +221,10 @@ class Scheduler:
         with self._lock:
             if self._running is not None:
                 self._running.cancel(reason)
+            for job, _, _ in self._rows.values():
+                job.cancel(reason)
+            if self._held is not None:
+                self._held.cancel(reason)
 
     def close(self, timeout: float = 30.0) -> None:
         """Take no more jobs, cancel the waiting and the running one, join the worker, close the pipeline."""
@@ -240,22 +264,125 @@ class Scheduler:
             return
         finally:
             self.loaded.set()
+        if self.max_rows > 1:
+            self._open_session()
+        if self._session is None:
+            while not self._closing.is_set():
+                job = self._queue.get()
+                self._on_depth(self.depth)
+                if job is None:
+                    continue
+                self._execute(job)
+            return
+        try:
+            while not self._closing.is_set():
+                self._drop_cancelled()
+                self._admit()  # a freed row takes a waiting job before the next frame
+                if self._rows:
+                    self._step()
+        finally:
+            self._end_rows(Cancelled("the server is shutting down"), "cancelled")
+
+    def _open_session(self) -> None:
+        stage = self.pipeline.stage("tts")
+        opener = getattr(stage, "open_session", None)
+        if opener is None:
+            log.warning("serving one request at a time: the tts stage %s has no batch session",
+                        type(stage).__name__)
+            return
+        try:
+            self._session = opener(self.max_rows)
+        except CsmError as exc:
+            log.warning("serving one request at a time (max_rows %d asked): %s", self.max_rows, exc)
+            return
+        log.info("continuous batching: up to %d requests generate together", self.max_rows)
+
+    # -- continuous batching ----------------------------------------------------------------------
+    ROW_KINDS = frozenset({"speech", "generate", "websocket"})
+
+    def _admit(self) -> None:
+        """Take waiting jobs while rows are free (waiting for one only when no row is active)."""
         while not self._closing.is_set():
-            job = self._queue.get()
+            if self._held is not None:
+                if self._rows:
+                    return  # it runs alone: let the rows end first
+                job, self._held = self._held, None
+                self._on_depth(self.depth)
+                self._execute(job)
+                continue
+            if not self._session.free:
+                return
+            try:
+                job = self._queue.get(block=not self._rows)
+            except queue.Empty:
+                return
             self._on_depth(self.depth)
             if job is None:
                 continue
-            self._execute(job)
+            if job.kind not in self.ROW_KINDS and self._rows:
+                self._held = job
+                self._on_depth(self.depth)
+                return
+            self._execute(job, batching=True)
 
-    def _execute(self, job: Job) -> None:
+    def _drop_cancelled(self) -> None:
+        for slot, (job, _, _row) in list(self._rows.items()):
+            if job.cancelled.is_set():
+                self._end_row(slot, Cancelled(job.cancel_reason or "cancelled"), "cancelled")
+
+    def _step(self) -> None:
+        try:
+            chunks = self._session.step()
+        except Exception as exc:  # noqa: BLE001 - the rows fail, the worker goes on
+            log.exception("a batch step failed")
+            self._end_rows(Failed(exc, isinstance(exc, CsmError)), "failed")
+            return
+        for slot, chunk in chunks.items():
+            job, value, row = self._rows[slot]
+            if chunk is None:
+                self._end_row(slot, Done(value), "done")
+                continue
+            try:
+                row.chunk(chunk)
+            except JobCancelled as exc:
+                self._end_row(slot, Cancelled(str(exc)), "cancelled")
+            except Exception as exc:  # noqa: BLE001 - a failing request fails alone
+                log.exception("request %s (%s) failed", job.id, job.kind)
+                self._end_row(slot, Failed(exc, isinstance(exc, CsmError)), "failed")
+
+    def _end_row(self, slot: int, event: Event, outcome: str) -> None:
+        with self._lock:
+            job, _, row = self._rows.pop(slot)
+        self._session.remove(slot)
+        row.close()
+        self._on_batch(len(self._rows))
+        self._finish(job, event, outcome)
+
+    def _end_rows(self, event: Event, outcome: str) -> None:
+        for slot in list(self._rows):
+            self._end_row(slot, event, outcome)
+
+    def _execute(self, job: Job, batching: bool = False) -> None:
         if job.cancelled.is_set():
             self._finish(job, Cancelled(job.cancel_reason or "cancelled"), "cancelled")
             return
         with self._lock:
             self._running = job
         job.outcome = "running"
+        admitted: list[tuple[int, Any]] = []
+
+        def admit(row) -> None:  # synthesize's request: prefill it into a free row
+            admitted.append((self._session.add(row.request), row))
+
+        token = ROW_ADMISSION.set(admit) if batching else None
         try:
             value = job.work(self.pipeline, JobControl(job))
+            if admitted:
+                slot, row = admitted[0]
+                with self._lock:
+                    self._rows[slot] = (job, value, row)
+                self._on_batch(len(self._rows))
+                return
         except JobCancelled as exc:
             event, outcome = Cancelled(str(exc)), "cancelled"
         except CsmError as exc:
@@ -266,6 +393,10 @@ class Scheduler:
         else:
             event, outcome = Done(value), "done"
         finally:
+            if token is not None:
+                ROW_ADMISSION.reset(token)
+            if admitted and admitted[0][0] not in self._rows:  # work raised after its request was admitted
+                self._session.remove(admitted[0][0])
             with self._lock:
                 self._running = None
         self._finish(job, event, outcome)

@@ -69,7 +69,8 @@ def build_state(settings: Settings, options: ServeOptions, plugins=None) -> Serv
     max_frames = settings.generation.frame_limit()
     scheduler = Scheduler(load, options.max_queue,
                           on_finish=lambda job: metrics.job_finished(job, max_frames),
-                          on_depth=metrics.queue_depth.set)
+                          on_depth=metrics.queue_depth.set,
+                          max_rows=options.max_rows, on_batch=metrics.batch_size.set)
     state = ServerState(settings, options, scheduler, voices, metrics, conversations)
     holder["state"] = state
     return state

@@ -14,6 +14,7 @@ frames and closes the stage's generator, so generation stops within one frame.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -26,6 +27,12 @@ from csm_core.pipeline import Pipeline, Turn
 from csm_core.stages import Reply, Segment, SpeechRequest
 
 Emit = Callable[[np.ndarray], None]
+
+ROW_ADMISSION: contextvars.ContextVar[Callable[["SpeechRow"], None] | None] = contextvars.ContextVar(
+    "csm_serve_row_admission", default=None)
+"""Set by the scheduler (on its worker thread, while a job's ``work`` runs) when it batches requests:
+:func:`synthesize` then hands the prepared request to it as a :class:`SpeechRow` (prefilled into a slot of
+the batch session) and returns at once; the scheduler streams the row's frames through ``emit``."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,30 @@ class SpeechResult:
         return self.generation_seconds / self.audio_seconds if self.samples else None
 
 
+@dataclass
+class SpeechRow:
+    """A request admitted to the scheduler's batch session: the :class:`SpeechRequest`, where its audio
+    goes (``emit``) and the :class:`SpeechResult` it fills in."""
+
+    request: SpeechRequest
+    emit: Emit
+    result: SpeechResult
+    started: float = field(default_factory=time.perf_counter)
+
+    def chunk(self, chunk) -> None:
+        """One :class:`~csm_core.stages.SpeechChunk` of this row (``emit`` may raise: cancelled)."""
+        result = self.result
+        if result.first_audio_seconds is None:
+            result.first_audio_seconds = time.perf_counter() - self.started
+        result.frames += int(chunk.codes.shape[1]) if chunk.codes is not None else 1
+        result.samples += len(chunk.samples)
+        result.generation_seconds = time.perf_counter() - self.started
+        self.emit(chunk.samples)
+
+    def close(self) -> None:
+        self.result.generation_seconds = time.perf_counter() - self.started
+
+
 def synthesize(pipeline: Pipeline, spec: SpeechSpec, emit: Emit, result: SpeechResult | None = None) -> SpeechResult:
     """Speak ``spec`` with ``pipeline``'s tts stage, handing each chunk to ``emit``; returns (and fills
     in as it goes, when given) the :class:`SpeechResult`. Raises the stage's errors
@@ -87,6 +118,10 @@ def synthesize(pipeline: Pipeline, spec: SpeechSpec, emit: Emit, result: SpeechR
     result.events.extend(events)
     result.input_tokens = text_tokens(spec.text)
     request = SpeechRequest(text=spec.text, speaker=speaker, params=params, context=context)
+    admit = ROW_ADMISSION.get()
+    if admit is not None:  # continuous batching: the scheduler's session speaks it (no run_stage hook)
+        admit(SpeechRow(request, emit, result))
+        return result
     turn = Turn(reply=Reply(text=spec.text, emotion=spec.emotion or "neutral"), params=params)
     started = time.perf_counter()
 
