@@ -1,6 +1,6 @@
-"""Hooks of the in-tree listening plugin: the ``whisper`` transcriber, the ``prosody`` sentiment analyzer
-and the ``transformers`` reply model (on its backend's ``causal_lm`` engine). The stage modules that
-import torch load only when a pipeline builds them."""
+"""Hooks of the in-tree listening plugin: the ``whisper`` transcriber (on its backend's ``speech_to_text``
+engine), the ``prosody`` sentiment analyzer and the ``transformers`` reply model (on its backend's
+``causal_lm`` engine). The stage modules that import torch load only when a pipeline builds them."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def register_transcribers(register):
         StageImpl(
             name="whisper",
             factory=_whisper,
-            description="Whisper (transformers) speech to text: greedy, 16 kHz, 30 s windows",
+            description="Whisper speech to text (on its backend's speech_to_text engine): greedy, 16 kHz, 30 s windows",
+            components=("speech_to_text",),
         )
     )
 

@@ -4,7 +4,15 @@ The model comes from ``models.asr`` (a local directory or a cached repo id such 
 ``openai/whisper-tiny``) or, with ``models.preset`` and no ``asr``, a random tiny Whisper (see
 :mod:`csm_listen.model_sources`). Audio is resampled to 16 kHz, cut into windows of at most 30 s
 (Whisper's input length), turned into log-mel features by the model's ``WhisperProcessor`` and
-decoded greedily with ``WhisperForConditionalGeneration.generate``; the windows' texts are joined.
+decoded greedily; the windows' texts are joined.
+
+The model runs as the ``speech_to_text`` engine of the stage's backend (``backends.transcriber``, else
+``backend``): ``pytorch`` (:mod:`csm_pytorch.speech_to_text`) or ``onnxruntime`` (encoder, cross-attention
+and decoder-with-cache graphs, :mod:`csm_onnxruntime.speech_to_text`), both driven by the same token loop,
+:func:`csm_core.generation.speech_decoding.decode_speech`, which gives the token ids of transformers'
+``WhisperForConditionalGeneration.generate(do_sample=False, num_beams=1)`` (the forced prompt, language
+detection, suppressed tokens, EOS). The generation config's ``return_timestamps`` is not applied: the stage
+wants text.
 
 Options, config table ``[options.whisper]`` (:class:`WhisperOptions`).
 """
@@ -18,7 +26,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from csm_core.audio import Audio, validate_samples
-from csm_core.errors import AudioError, ConfigError
+from csm_core.components import SPEECH_TO_TEXT, SpeechToText
+from csm_core.errors import AudioError, BackendUnavailable, ConfigError
+from csm_core.generation.speech_decoding import decode_speech, whisper_decoding
 
 WHISPER_SAMPLE_RATE = 16_000
 """Whisper's input rate (Hz)."""
@@ -60,6 +70,14 @@ class WhisperTranscriber:
                 f"[options.whisper] language = {self.options.language!r}, but the model in {str(self.model_dir)!r} "
                 "is English-only: remove the language option or use a multilingual Whisper"
             )
+        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+        kwargs = {"task": "transcribe", "language": self.options.language} if self.multilingual else {}
+        try:
+            self.decoding = whisper_decoding(self.model.generation_config, language_codes=TO_LANGUAGE_CODE, **kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"[options.whisper] with the model in {str(self.model_dir)!r}: {exc}") from None
+        self.engine = _engine(context, SpeechToText(self.model, config.max_target_positions))
 
     def token_ids(self, audio: Audio) -> list[np.ndarray]:
         """The generated text token ids of each 30 s window (forced prompt tokens excluded)."""
@@ -70,18 +88,34 @@ class WhisperTranscriber:
             features = self.processor.feature_extractor(
                 samples[start : start + window], sampling_rate=WHISPER_SAMPLE_RATE, return_tensors="pt"
             ).input_features.to(self.device, self.dtype)
-            kwargs = {"task": "transcribe", "language": self.options.language} if self.multilingual else {}
             with torch.inference_mode():
-                ids = self.model.generate(
-                    features, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens, **kwargs
-                )
-            out.append(_text_tokens(ids[0].cpu().numpy(), self.model.generation_config))
+                tokens = decode_speech(self.engine, features, self.decoding, self.max_new_tokens).tokens
+            out.append(_text_tokens(np.asarray(tokens, dtype=np.int64), self.model.generation_config))
         return out
 
     def transcribe(self, audio: Audio) -> str:
         """What was said in ``audio`` (any rate, mono float in [-1, 1]), special tokens removed."""
         texts = [self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in self.token_ids(audio)]
         return " ".join(t for t in texts if t)
+
+
+def _engine(context, component: SpeechToText):
+    """The ``speech_to_text`` engine of the stage's backend (the pipeline gives the stage one, since it
+    declares the component); a context without one is an error, never a silent choice."""
+    if context.backend is None:
+        raise BackendUnavailable(
+            f"the {context.stage} stage needs a backend with speech_to_text engines and its context has none: "
+            "build it through a Pipeline, or give StageContext a backend"
+        )
+    if not context.backend.supports(SPEECH_TO_TEXT):
+        having = []
+        if context.registry is not None:
+            having = sorted(n for n, r in context.registry.backends.items() if r.record.supports(SPEECH_TO_TEXT))
+        raise BackendUnavailable(
+            f"backend {context.backend.name!r} has no speech_to_text engine for the {context.stage} stage; backends "
+            f"that have one: {', '.join(having) or 'none'}. Set backends.{context.stage} to one of them"
+        )
+    return context.engine(SPEECH_TO_TEXT, component)
 
 
 def _load(directory: Path, device: str, dtype):

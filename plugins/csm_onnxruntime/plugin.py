@@ -1,4 +1,5 @@
-"""Hooks of the in-tree onnxruntime plugin: the ``onnxruntime`` backend for ``csm``, ``codec`` and ``causal_lm``.
+"""Hooks of the in-tree onnxruntime plugin: the ``onnxruntime`` backend for ``csm``, ``codec``, ``causal_lm``
+and ``speech_to_text``.
 
 Nothing here imports onnxruntime or torch: the factories import the modules that do.
 """
@@ -60,12 +61,19 @@ def _causal_lm_engine(component, context):
     return OnnxCausalLm(component, context)
 
 
+def _speech_to_text_engine(component, context):
+    from csm_onnxruntime.speech_to_text import OnnxSpeechToText
+
+    return OnnxSpeechToText(component, context)
+
+
 @hookimpl
 def register_backends(register):
     register(
         Backend(
             name="onnxruntime",
-            engines={"csm": _csm_engines, "codec": _codec_engine, "causal_lm": _causal_lm_engine},
+            engines={"csm": _csm_engines, "codec": _codec_engine, "causal_lm": _causal_lm_engine,
+                     "speech_to_text": _speech_to_text_engine},
             check=check,
             description="ONNX Runtime over exported graphs with explicit KV caches and IO binding",
             devices=("cpu", "cuda"),

@@ -1,4 +1,4 @@
-"""Hooks of the in-tree PyTorch plugin: the ``pytorch`` backend (eager engines for csm, codec, causal_lm).
+"""Hooks of the in-tree PyTorch plugin: the ``pytorch`` backend (eager engines for csm, codec, causal_lm, speech_to_text).
 
 Nothing here imports torch: the factories import the modules that do when a pipeline builds them.
 """
@@ -63,12 +63,19 @@ def _causal_lm_engine(component, context):
     return TorchCausalLm(component)
 
 
+def _speech_to_text_engine(component, context):
+    from csm_pytorch.speech_to_text import TorchSpeechToText
+
+    return TorchSpeechToText(component)
+
+
 @hookimpl
 def register_backends(register):
     register(
         Backend(
             name="pytorch",
-            engines={"csm": _csm_engines, "codec": _codec_engine, "causal_lm": _causal_lm_engine},
+            engines={"csm": _csm_engines, "codec": _codec_engine, "causal_lm": _causal_lm_engine,
+                     "speech_to_text": _speech_to_text_engine},
             check=check_torch,
             description="eager PyTorch with static KV caches",
             devices=("cpu", "cuda"),

@@ -115,6 +115,7 @@ def test_csmctl_doctor_backend_prints_the_table_without_loading_anything():
     rows = {row["stage"]: row for row in json.loads(result.stdout)["stages"]}
     assert set(rows) == set(AUDIO_STAGES)
     assert rows["tts"]["backend"] == "onnxruntime" and rows["tts"]["status"] == "runs"
-    assert rows["transcriber"]["status"] == "own runtime" and "declares no engines" in rows["transcriber"]["reason"]
+    assert rows["transcriber"]["backend"] == "onnxruntime" and rows["transcriber"]["status"] == "runs"  # speech_to_text
+    assert rows["sentiment"]["status"] == "own runtime" and "declares no engines" in rows["sentiment"]["reason"]
     bad = subprocess.run([*command[:4], "--backend", "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown backend 'nope'" in bad.stderr

@@ -19,7 +19,9 @@ import soundfile as sf
 from csm_core.audio import Audio
 from csm_core.config import Settings
 from csm_core.errors import AudioError, ConfigError
+from csm_core.plugins import Plugins
 from csm_core.records import StageContext
+from csm_core.registry import Registry
 from csm_listen.model_sources import ModelNotFound, NotAModel
 from csm_listen.tiny_models import byte_vocab, write_tiny_whisper
 from csm_listen.transcriber import WhisperTranscriber
@@ -31,7 +33,9 @@ FAST = {"whisper": {"max_new_tokens": 8}}  # tokens cost ~25 ms each on a shared
 
 
 def make(settings: Settings) -> WhisperTranscriber:
-    return WhisperTranscriber(StageContext("transcriber", settings, registry=None))
+    """The stage on the pytorch backend, as a pipeline builds it."""
+    registry = Registry.collect(Plugins.from_environment({"CSM_LOAD_PLUGINS": "pytorch"}))
+    return WhisperTranscriber(StageContext("transcriber", settings, registry=registry, backend=registry.backend("pytorch")))
 
 
 def tiny_settings(asr, **extra) -> Settings:

@@ -1,0 +1,150 @@
+"""The ``speech_to_text`` engine of the onnxruntime backend: Whisper as three exported graphs.
+
+The graphs (:mod:`csm_export.whisper_export`: encoder, cross-attention keys/values, decoder with a static
+self-attention cache) are exported on first use into the artifact cache (keyed by the weights hash,
+graph, exporter, opset, dtype and cache size; checksummed; rebuilt with a message when stale or corrupt)
+and opened with :func:`csm_onnxruntime.engines._open_graph` (explicit providers, the CUDA check,
+``[options.onnxruntime]``). They run with IO binding: :meth:`OnnxSpeechToText.reset` fills the
+cross-attention buffers once per window, and the decoder reads ``past`` from one set of self-attention
+buffers and writes ``present`` into the other (ping-pong), as the ``causal_lm`` engine does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from csm_core.components import SpeechToText
+from csm_core.generation.token_steps import TokenSteps
+from csm_core.records import StageContext
+from csm_export.artifacts import ArtifactSpec, weights_hash
+from csm_export.export import EXPORTER, OPSET
+from csm_export.graphs import cache_names
+from csm_export.whisper_export import (
+    WHISPER_GRAPHS,
+    cross_names,
+    cross_shape,
+    export_whisper_graph,
+    feature_frames,
+    self_cache_shape,
+    whisper_facts,
+)
+from csm_onnxruntime.engines import _open_graph, bind_tensor, requested_device
+
+RUNNABLE_DTYPES = (torch.float32, torch.float16)  # the graphs' float types
+
+
+def whisper_spec(model, graph: str, max_positions: int, whash: str) -> ArtifactSpec:
+    """The artifact spec of ``graph`` of ``model`` (the decoder's with a cache of ``max_positions``)."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    facts = whisper_facts(model)
+    if graph == "whisper_decoder":
+        facts["cache_size"] = max_positions
+    return ArtifactSpec(
+        component=graph,
+        weights_hash=whash,
+        export={"exporter": EXPORTER, "opset": OPSET, "batch_size": 1, "dtype": dtype},
+        facts=facts,
+    )
+
+
+def check_component(component: SpeechToText) -> int:
+    model = component.model
+    if getattr(model.config, "model_type", None) != "whisper":
+        raise ValueError(f"onnxruntime speech_to_text exports Whisper models, not {model.config.model_type!r}")
+    dtype = next(model.parameters()).dtype
+    if dtype not in RUNNABLE_DTYPES:
+        raise ValueError(
+            f"onnxruntime speech_to_text: the model is in {dtype}; the graphs run in float32 or float16: "
+            "set component_precision.transcriber = \"fp16\" or \"fp32\""
+        )
+    limit = model.config.max_target_positions
+    if not 1 <= component.max_target_positions <= limit:
+        raise ValueError(f"max_target_positions={component.max_target_positions}: must be in 1..{limit}")
+    return component.max_target_positions
+
+
+class OnnxSpeechToText(TokenSteps):
+    """:class:`~csm_core.components.SpeechToTextEngine` over the exported Whisper graphs."""
+
+    def __init__(self, component: SpeechToText, context: StageContext) -> None:
+        model = component.model
+        self.max_positions = check_component(component)
+        self.dtype = next(model.parameters()).dtype
+        device = requested_device(context, model)
+        whash = weights_hash(model)
+        self.sessions, self.artifacts, used = {}, [], device
+        for graph in WHISPER_GRAPHS:
+            spec = whisper_spec(model, graph, self.max_positions, whash)
+            build = lambda path, graph=graph: export_whisper_graph(model, graph, path, self.max_positions)  # noqa: E731
+            self.sessions[graph], used, artifact = _open_graph(context, spec, build, device)
+            self.artifacts.append(artifact)
+        self.device = torch.device(used if used.startswith("cuda") else "cpu")
+        config = model.config
+        self.vocab_size = config.vocab_size
+        self.frames = feature_frames(model)
+        self.mel_bins = config.num_mel_bins
+        self.hidden_shape = (1, config.max_source_positions, config.d_model)
+        layers = config.decoder_layers
+        self.past_names, self.present_names = cache_names(layers)
+        self.cross_names = cross_names(layers)
+        shape = self_cache_shape(model, self.max_positions)
+        self._buffers = [[torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.past_names]
+                         for _ in range(2)]
+        self._cross = [torch.zeros(cross_shape(model), dtype=self.dtype, device=self.device) for _ in self.cross_names]
+        self._current = 0
+        self._ready = False
+        self.position = 0
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        if tuple(features.shape) != (1, self.mel_bins, self.frames):
+            raise ValueError(
+                f"speech_to_text: features must be [1, {self.mel_bins}, {self.frames}] (one padded window), "
+                f"got {tuple(features.shape)}"
+            )
+        features = features.to(self.device, self.dtype).contiguous()
+        hidden = torch.empty(self.hidden_shape, dtype=self.dtype, device=self.device)
+        session = self.sessions["whisper_encoder"]
+        binding = session.io_binding()
+        bind_tensor(binding, "input_features", features)
+        bind_tensor(binding, "encoder_hidden_states", hidden, output=True)
+        session.run_with_iobinding(binding)
+        return hidden
+
+    def reset(self, encoder_hidden: torch.Tensor) -> None:
+        hidden = encoder_hidden.to(self.device, self.dtype).contiguous()
+        if tuple(hidden.shape) != self.hidden_shape:
+            raise ValueError(f"speech_to_text: encoder_hidden must be {list(self.hidden_shape)}, got {list(hidden.shape)}")
+        session = self.sessions["whisper_cross_kv"]
+        binding = session.io_binding()
+        bind_tensor(binding, "encoder_hidden_states", hidden)
+        for name, tensor in zip(self.cross_names, self._cross):
+            bind_tensor(binding, name, tensor, output=True)
+        session.run_with_iobinding(binding)
+        # Self-attention slots after the last written position are masked in the graph: never read.
+        self._current = 0
+        self._ready = True
+        self.position = 0
+
+    def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if not self._ready:
+            raise ValueError("speech_to_text: call reset(encoder_hidden) before prefill or step")
+        t = input_ids.shape[1]
+        input_ids = input_ids.to(self.device).contiguous()
+        positions = torch.arange(self.position, self.position + t, device=self.device)[None].contiguous()
+        logits = torch.empty(1, self.vocab_size, dtype=torch.float32, device=self.device)
+        session = self.sessions["whisper_decoder"]
+        binding = session.io_binding()
+        bind_tensor(binding, "input_ids", input_ids)
+        bind_tensor(binding, "position_ids", positions)
+        past, present = self._buffers[self._current], self._buffers[1 - self._current]
+        for name, tensor in zip(self.past_names, past):
+            bind_tensor(binding, name, tensor)
+        for name, tensor in zip(self.cross_names, self._cross):
+            bind_tensor(binding, name, tensor)
+        bind_tensor(binding, "logits", logits, output=True)
+        for name, tensor in zip(self.present_names, present):
+            bind_tensor(binding, name, tensor, output=True)
+        session.run_with_iobinding(binding)
+        self._current = 1 - self._current
+        self.position += t
+        return logits
