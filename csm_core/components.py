@@ -111,6 +111,10 @@ class RowEngines(Protocol):
     (:class:`csm_core.generation.batch_session.BatchSession`): each request keeps one row of the backbone's
     KV cache (``batch_size`` rows) for its lifetime, joins and leaves while the other rows go on.
 
+    ``per_row_calls`` (default True when absent) is False where the per-row calls would not run what
+    ``backbone`` runs (a backbone replaced by a wrapper or a captured graph): the session then serves one
+    request at a time through ``backbone``.
+
     Backends whose engines run a fixed batch (exported ONNX graphs, TensorRT engines, captured CUDA graphs)
     do not offer these; a session then serves one request at a time on them
     (:func:`csm_core.generation.row_engines.row_engines` says so). The eager PyTorch engines do.

@@ -167,8 +167,9 @@ class BatchSpeaker(Speaker, Protocol):
 
     def speak_batch(self, requests: Sequence[SpeechRequest]) -> Iterator[tuple[int, SpeechChunk]]:
         """Speak ``requests`` in one batch; yields ``(row, chunk)`` (``row`` indexes ``requests``) as frames
-        are made, each step one chunk per row still speaking, in row order. The requests share their
-        :class:`SpeechParams`. A backend that cannot run that many rows raises :class:`CsmError` saying so."""
+        are made, each step one chunk per row still speaking, in row order. Each request keeps its own
+        :class:`SpeechParams` (and seed). A backend that cannot run that many rows raises :class:`CsmError`
+        saying so."""
 
 
 STAGE_PROTOCOLS: dict[str, type] = {

@@ -2,11 +2,11 @@
 
 :func:`speak_many` is the entry point. With ``generation.max_batch`` set
 (:class:`csm_core.config.GenerationSettings`) it hands up to that many texts at a time to
-:meth:`csm_core.pipeline.Pipeline.speak_batch` (one backbone/decoder batch of the tts stage, per-row end
-of speech); unset, it calls :meth:`csm_core.pipeline.Pipeline.speak` for each text. Both build each
-text's request the same way (voice profile, context policy, emotion map: ``Pipeline._speak``). Each
-result says which path ran, so the two can be compared side by side (codes are identical under greedy
-decoding).
+:meth:`csm_core.pipeline.Pipeline.speak_batch` (the tts stage's ``speak_batch``: on the csm stage its
+continuous-batching session, each text in a row of its own with its own end of speech); unset, it calls
+:meth:`csm_core.pipeline.Pipeline.speak` for each text. Both build each text's request the same way
+(voice profile, context policy, emotion map: ``Pipeline._speak``). Each result says which path ran, so
+the two can be compared side by side (codes are identical, under greedy decoding and seeded sampling).
 
 Nothing heavy is imported here (the tts stage imports torch when it is built).
 """

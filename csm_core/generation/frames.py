@@ -10,12 +10,9 @@ It drives a :class:`csm_core.components.CsmEngines` (backbone + depth decoder) w
    or when the silence guard fires; otherwise feed the frame back into the backbone at the next position.
 
 Frames are yielded as they are made ([B,K] int64) so that a codec can stream them. A row that has ended
-while others go on yields all-zero frames (the end marker; :func:`~csm_core.generation.batch.live_rows`
-tells live rows apart), and the loop stops as soon as every row has ended.
-
-Rows may have prompts of different lengths: pass a :class:`~csm_core.generation.batch.PromptBatch`
-(:func:`~csm_core.generation.batch.stack_prompts`), whose rows are left-padded with per-row positions;
-row ``i``'s frame ``j`` is then fed back at position ``lengths[i] + j``.
+while others go on yields all-zero frames (the end marker), and the loop stops as soon as every row has
+ended. Requests that join and leave at frame boundaries, each with its own parameters, are the batch
+session's (:mod:`csm_core.generation.batch_session`), which shares this module's frame decode.
 """
 
 from __future__ import annotations
@@ -100,7 +97,7 @@ def generate_frames(
     silence_guard: SilenceGuard | None = SilenceGuard(),
 ) -> Iterator[torch.Tensor]:
     """Yield frames [B,K] int64 continuing ``prompt``: a :class:`Prompt`, tokens/mask [T,K+1] or [B,T,K+1]
-    (rows of one length), or a :class:`PromptBatch` (rows of different lengths, left-padded).
+    (rows of one length), or a :class:`PromptBatch`.
 
     Every row must leave ``max_frames`` positions of the backbone's budget free (checked per row).
 

@@ -27,7 +27,9 @@ class BatchingUnsupported(CsmError):
 
 
 def has_row_methods(engines) -> bool:
-    return all(callable(getattr(engines, name, None)) for name in ROW_METHODS)
+    """True when ``engines`` offer the per-row calls and they run what ``engines.backbone`` runs
+    (``per_row_calls``, :class:`csm_core.components.RowEngines`)."""
+    return all(callable(getattr(engines, name, None)) for name in ROW_METHODS) and getattr(engines, "per_row_calls", True)
 
 
 class OneRow:

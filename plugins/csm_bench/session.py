@@ -63,7 +63,7 @@ def utterance_texts(text: str, utterances: int) -> list[str]:
     """The ``utterances`` texts of a unit: ``text``, then ``text`` with a growing numeral suffix.
 
     ``utterance_texts("Hi.", 3) == ["Hi.", "Hi. 1", "Hi. 1 2"]``: every prompt has a different length,
-    so a batch of them is ragged (left-padded) as real batches are.
+    so the rows of a batch end at different frames, as real ones do.
     """
     return [text] + [f"{text} {' '.join(str(k) for k in range(1, i + 1))}" for i in range(1, utterances)]
 

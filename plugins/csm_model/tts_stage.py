@@ -4,28 +4,32 @@ The stage owns what is the same on every backend (prompt assembly, embeddings, s
 streaming through Mimi's streaming decoder); the backend chosen for the ``tts`` stage supplies the
 ``csm`` engines (backbone, depth decoder) and the ``codec`` engine.
 
-:meth:`CsmSpeaker.speak` speaks one request; :meth:`CsmSpeaker.speak_batch` speaks several in one batch
-(ragged prompts left-padded, see :mod:`csm_core.generation.batch`) on engines that the backend sizes for
-the rows (:meth:`csm_core.components.CsmEngines.for_batch`: the eager PyTorch engines re-allocate their KV
-caches; ONNX graphs, TensorRT engines and captured CUDA graphs run a fixed batch). The stage claims the
-``position_window`` and ``batch`` capabilities (:mod:`csm_core.stages`).
+:meth:`CsmSpeaker.speak` speaks one request; :meth:`CsmSpeaker.speak_batch` speaks several together on a
+continuous-batching session (:meth:`CsmSpeaker.open_session`, :class:`SpeechSession` over
+:class:`~csm_core.generation.batch_session.BatchSession`), the one batching path: ``speak_many`` with
+``batched-generation``, ``csmctl bench --utterances`` and the server's continuous batching all run on it.
+The session needs engines with per-row KV-cache calls (:mod:`csm_core.generation.row_engines`: the eager
+PyTorch engines, re-allocated for the rows); ONNX graphs, TensorRT engines and captured CUDA graphs serve
+one request at a time. The stage claims the ``position_window`` and ``batch`` capabilities
+(:mod:`csm_core.stages`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from csm_core.config import MAX_BATCH
 from csm_core.devices import resolve_device
 from csm_core.errors import CsmError
-from csm_core.generation.batch import live_rows, stack_prompts
 from csm_core.generation.batch_session import BatchSession
-from csm_core.generation.row_engines import OneRow, row_engines
+from csm_core.generation.row_engines import BatchingUnsupported, OneRow, row_engines
 from csm_core.generation.embedder import FrameEmbedder
 from csm_core.generation.frames import SilenceGuard, generate_frames
-from csm_core.generation.prompt import build_prompt
+from csm_core.generation.prompt import Prompt, build_prompt
 from csm_core.generation.sampling import SamplingParams
 from csm_core.records import StageContext
 from csm_core.stages import BATCH, POSITION_WINDOW, SpeechChunk, SpeechParams, SpeechRequest
@@ -126,7 +130,8 @@ class CsmSpeaker:
 
         Raises :class:`~csm_core.generation.row_engines.BatchingUnsupported` (a :class:`CsmError`) for more
         than one row on engines that serve one request at a time. While it is in use, :meth:`speak` and
-        :meth:`speak_batch` must not run (they reset the KV caches the session's rows live in).
+        :meth:`speak_batch` must not run (they reset or re-prefill the KV cache rows the session's
+        requests live in).
         """
         engines = row_engines(self.engines, rows)
         if not isinstance(engines, OneRow) and engines is not self.engines:
@@ -135,17 +140,36 @@ class CsmSpeaker:
         session = BatchSession(engines, self.embedder, rows, SilenceGuard(self.settings.generation.max_silent_frames))
         return SpeechSession(self, session)
 
-    def batch_engines(self, rows: int):
-        """The ``csm`` engines with room for ``rows`` rows (:meth:`~csm_core.components.CsmEngines.for_batch`).
+    def speak_batch(self, requests: Sequence[SpeechRequest]) -> Iterator[tuple[int, SpeechChunk]]:
+        """Speak several requests together on a continuous-batching session (:meth:`open_session`); yields
+        ``(row, chunk)`` as frames are made.
 
-        Engines that already run ``rows`` rows are used as they are; engines the backend re-allocates
-        (the eager PyTorch engines: the caches live in the shared model, fewer rows still run on them)
-        replace this stage's, reported once; engines of a fixed batch (ONNX Runtime and TensorRT
-        engines, captured CUDA graphs, which hold the addresses of the old caches) raise :class:`CsmError`.
+        ``row`` indexes ``requests``. The session gets ``min(len(requests), generation.max_batch)`` rows
+        (``max_batch`` unset: up to 64); requests join in order, the first ones at once, the others at the
+        frame boundary after a row frees up. Each step of the frame loop yields one 80 ms chunk for every
+        row still speaking, in row order; a row that has ended (end of speech, silence guard, or its
+        ``max_frames``) yields nothing more, and the generator returns when every row has ended. A row's
+        chunks, concatenated, are its utterance. Each row keeps its own :class:`SpeechParams` (sampling
+        parameters, seed, ``max_frames``) and its own random generator and streaming Mimi state, so its
+        codes equal those of :meth:`speak` on that request alone, under greedy decoding and under seeded
+        sampling, whichever requests share the batch. Every request is checked (prompt, budget) before
+        any is generated. More than one row on engines that serve one request at a time raises
+        :class:`CsmError` naming the backend and what to change.
         """
-        engines = self.engines
-        sized = engines.for_batch(rows)
-        if sized is None:
+        requests = list(requests)
+        if not requests:
+            raise CsmError("speak_batch: no requests given; pass at least one SpeechRequest")
+        prompts = []
+        for row, request in enumerate(requests):
+            try:
+                prompts.append(self._prompt(request))
+            except CsmError as exc:
+                raise CsmError(f"speak_batch: request {row}: {exc}") from None
+        rows = min(len(requests), self.settings.generation.max_batch or MAX_BATCH)
+        try:
+            session = self.open_session(rows)
+        except BatchingUnsupported:
+            engines = self.engines
             backend = self.context.backend.name if self.context.backend else "?"
             raise CsmError(
                 f"batched generation of {rows} utterances: the {backend!r} backend's csm engines "
@@ -153,59 +177,27 @@ class CsmSpeaker:
                 f"{engines.batch_size} (exported graphs / captured CUDA graphs cannot grow); run the tts stage on the "
                 "'pytorch' backend without cuda graphs (backends.tts = 'pytorch', options.pytorch.cuda_graphs = "
                 "false), or remove 'batched-generation' from optimizers (generation.max_batch) to speak one by one"
-            )
-        if sized is not engines:
-            self.context.report(f"csm: KV caches re-allocated for a batch of {rows} rows")
-            self.engines = sized
-        return sized
-
-    def speak_batch(self, requests: Sequence[SpeechRequest]) -> Iterator[tuple[int, SpeechChunk]]:
-        """Speak several requests in one batch; yields ``(row, chunk)`` as frames are made.
-
-        ``row`` indexes ``requests``. Each step of the frame loop yields one 80 ms chunk for every row still
-        speaking, in row order; a row that has ended (end of speech, silence guard, or ``max_frames``) yields
-        nothing more, and the generator returns when every row has ended. A row's chunks, concatenated, are
-        its utterance. All requests must share their :class:`SpeechParams` (one sampler and one random
-        generator serve the batch). Under greedy decoding each row's codes equal those of :meth:`speak`
-        on that request alone; with sampling, rows draw from one generator jointly, so a row's codes
-        depend on the whole batch (reproducible for the same batch and seed, not equal to speaking alone).
-        """
-        requests = list(requests)
-        if not requests:
-            raise CsmError("speak_batch: no requests given; pass at least one SpeechRequest")
-        params = requests[0].params
-        for row, request in enumerate(requests[1:], start=1):
-            if request.params != params:
-                raise CsmError(
-                    f"speak_batch: request {row} has params {request.params} but request 0 has {params}; "
-                    "one batch shares its sampling parameters, seed and max_frames: batch requests with equal "
-                    "params together"
-                )
-        prompts = []
-        for row, request in enumerate(requests):
-            try:
-                prompts.append(self._prompt(request))
-            except CsmError as exc:
-                raise CsmError(f"speak_batch: request {row}: {exc}") from None
-        batch = stack_prompts(prompts)
-        engines = self.batch_engines(len(requests))
-        state = self.codec.init_state(len(requests))
-        frames = generate_frames(
-            engines, self.embedder, batch,
-            max_frames=params.max_frames,
-            sampling=self._sampling(params),
-            seed=params.seed,
-            silence_guard=SilenceGuard(self.settings.generation.max_silent_frames),
-        )
-        for frame in frames:  # [B, K]; rows that have ended are all-zero
-            pcm, state = self.codec.decode_step(frame.unsqueeze(-1), state)
-            live = live_rows(frame).tolist()
-            samples = pcm[:, 0].float().cpu().numpy()
-            codes = frame.cpu().numpy().astype(np.int64)
-            del pcm
-            for row in (r for r, alive in enumerate(live) if alive):
-                yield row, SpeechChunk(samples=samples[row], codes=codes[row][:, None])
-            self.context.safe_point(self.device)
+            ) from None
+        waiting = deque(enumerate(zip(requests, prompts)))
+        owner: dict[int, int] = {}  # session slot -> row (index into requests)
+        made = [0] * len(requests)  # frames each row has made
+        while waiting or len(session):
+            while waiting and session.free:  # at a frame boundary: fill the free slots, in row order
+                row, (request, prompt) = waiting.popleft()
+                try:
+                    owner[session.add(request, prompt=prompt)] = row
+                except CsmError as exc:
+                    raise CsmError(f"speak_batch: request {row}: {exc}") from None
+            live = []
+            for slot, chunk in session.step().items():
+                row = owner[slot]
+                if chunk is not None:
+                    live.append((row, chunk))
+                    made[row] += 1
+                if chunk is None or made[row] == requests[row].params.max_frames:
+                    session.remove(slot)  # done: the slot is free for a waiting request at once
+                    del owner[slot]
+            yield from sorted(live, key=lambda item: item[0])
 
 
 class SpeechSession:
@@ -226,11 +218,12 @@ class SpeechSession:
     def __len__(self) -> int:
         return len(self.session)
 
-    def add(self, request: SpeechRequest) -> int:
+    def add(self, request: SpeechRequest, *, prompt: Prompt | None = None) -> int:
         """Prefill ``request`` into a free slot; it speaks from the next :meth:`step`. Raises
-        :class:`CsmError` for a request that cannot be spoken (and SessionFull when no slot is free)."""
+        :class:`CsmError` for a request that cannot be spoken (and SessionFull when no slot is free).
+        ``prompt``: the request's prompt when the caller has built it already (``CsmSpeaker._prompt``)."""
         speaker = self.speaker
-        prompt = speaker._prompt(request)
+        prompt = speaker._prompt(request) if prompt is None else prompt
         params = request.params
         try:
             slot = self.session.add(prompt, max_frames=params.max_frames, sampling=speaker._sampling(params),

@@ -4,20 +4,19 @@ What it changes: only ``generation.max_batch``, set through ``configure`` to ``[
 max_batch`` (default 4). The work lives in the core and the tts stage: with ``generation.max_batch`` set,
 :func:`csm_core.utterances.speak_many` hands the texts to :meth:`csm_core.pipeline.Pipeline.speak_batch`
 that many at a time, which builds each text's request as ``speak`` does (voice profile, context policy,
-emotion map) and speaks them through the tts stage's ``speak_batch`` (``CsmSpeaker.speak_batch``): their
-prompts are left-padded into one batch with per-row positions (:mod:`csm_core.generation.batch`), every
-frame step runs all rows at once, each row ends on its own (end-of-speech frame, silence guard) and is
-decoded by a batched streaming Mimi state. Switched off, ``speak_many`` speaks the texts one by one.
+emotion map) and speaks them through the tts stage's ``speak_batch`` (``CsmSpeaker.speak_batch``), which
+runs the continuous-batching session the server uses (:mod:`csm_core.generation.batch_session`): each
+text is prefilled into a row of its own, every frame step runs all rows at once, each row ends on its own
+(end-of-speech frame, silence guard) and a waiting text takes the freed row at the next frame; each row's
+frames are decoded by its own streaming Mimi state. Switched off, ``speak_many`` speaks the texts one by one.
 Single utterances (``Pipeline.speak``/``turn``) are not affected either way. Only engines that can grow
 their batch (``CsmEngines.for_batch``: the eager PyTorch engines) batch more than one row; other backends
 raise a clear error.
 
-Effect: **exact under greedy decoding**: each row's codes equal those of speaking it alone (same
-weights; asserted in ``tests/optimizers_plugin/test_batched_generation.py``). Audio agrees to float
-tolerance (batched convolution kernels may sum in another order). **Not exact with sampling**: one
-random generator draws for the whole batch, so a row's codes depend on which rows share its batch and
-in which order; a batch is reproducible for the same texts, order and seed, and every row is still a
-draw from the same distribution, but it is not the draw that speaking it alone with that seed gives.
+Effect: **exact**: each row samples with its own parameters and its own seeded generator, so its codes
+equal those of speaking it alone, under greedy decoding and under seeded sampling (asserted in
+``tests/optimizers_plugin/test_batched_generation.py``). Audio agrees to float tolerance (batched kernels
+may sum in another order).
 """
 
 from __future__ import annotations
@@ -58,6 +57,6 @@ OPTIMIZER = Optimizer(
     name=NAME,
     factory=BatchedGeneration,
     effect="exact",
-    description="speak_many generates up to max_batch utterances in one batch (ragged prompts left-padded, "
-    "per-row end of speech); exact under greedy decoding, with sampling rows share one random generator",
+    description="speak_many generates up to max_batch utterances together, a row each (per-row positions, "
+    "parameters, seed and end of speech); exact under greedy and seeded sampling",
 )

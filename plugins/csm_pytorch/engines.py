@@ -78,6 +78,12 @@ class TorchCsmEngines:
         return self.model.backbone.batch_size
 
     # -- per-row calls (csm_core.components.RowEngines), for continuous batching ---------------------
+    @property
+    def per_row_calls(self) -> bool:
+        """The per-row calls run the model's own backbone: valid only while ``backbone`` is the eager one
+        (not a wrapper, not a captured step, which they would bypass)."""
+        return type(self.backbone) is TorchBackbone
+
     @torch.inference_mode()
     def prefill_row(self, row: int, embeds: torch.Tensor, positions: torch.Tensor):
         """Prefill ``embeds`` [1,T,D] at ``positions`` [1,T] into cache row ``row`` only -> (hidden [1,D],

@@ -20,6 +20,8 @@ from optimizer_pipelines import tiny_pipeline
 
 torch = pytest.importorskip("torch")
 
+from forced_engines import Forcing  # noqa: E402
+
 FRAMES = 6
 GREEDY = {"temperature": 0.0, "max_new_frames": FRAMES}
 TEXTS = ["Hi.", "A rather longer sentence to say.", "Medium length!"]  # prompts of different lengths
@@ -66,55 +68,13 @@ def test_ragged_batch_gives_each_row_its_codes_spoken_alone(tiny):
     assert len({r[0].tobytes() for r in rows}) == 3
 
 
-class ForcedEnd:
-    """Pushes the logits of row r to code 0 from frame ``end[r]`` on, so that row makes the all-zero
-    end-of-speech frame there; wraps the real engines' backbone and decoder (the model still runs)."""
-
-    def __init__(self, backbone, decoder, end: list[int | None]) -> None:
-        self.inner_backbone, self.inner_decoder, self.end, self.frame = backbone, decoder, end, -1
-        self.max_positions = backbone.max_positions
-
-    def push(self, logits):
-        logits = logits.clone()
-        for row, stop in enumerate(self.end[: logits.shape[0]]):
-            if stop is not None and self.frame >= stop:
-                logits[row, 0] += 1e4
-        return logits
-
-    # BackboneEngine
-    def reset(self):
-        self.inner_backbone.reset()
-
-    def prefill(self, embeds, positions):
-        self.frame = 0
-        hidden, logits = self.inner_backbone.prefill(embeds, positions)
-        return hidden, self.push(logits)
-
-    def step(self, embed, position):
-        self.frame += 1
-        hidden, logits = self.inner_backbone.step(embed, position)
-        return hidden, self.push(logits)
-
-
-class ForcedEndDecoder:
-    def __init__(self, forced: ForcedEnd) -> None:
-        self.forced = forced
-
-    def reset(self):
-        self.forced.inner_decoder.reset()
-
-    def step(self, x, positions):
-        return self.forced.push(self.forced.inner_decoder.step(x, positions))
-
-
 def forced_end_engines(model, end: list[int | None]):
-    """The PyTorch engines of ``model`` (caches for len(end) rows) with rows ending at ``end``."""
+    """The PyTorch engines of ``model`` (caches for len(end) rows), with the logits of row r pushed to the
+    end-of-speech frame from its frame ``end[r]`` on (:class:`forced_engines.Forcing`; the model still
+    runs). Rows are the session's slots, which ``speak_batch`` fills in request order."""
     from csm_pytorch.engines import TorchCsmEngines
 
-    engines = TorchCsmEngines(model, batch_size=len(end))
-    engines.backbone = ForcedEnd(engines.backbone, engines.decoder, end)
-    engines.decoder = ForcedEndDecoder(engines.backbone)
-    return engines
+    return Forcing(TorchCsmEngines(model, batch_size=len(end)), end, code=0)
 
 
 def test_a_row_that_ended_is_no_longer_yielded(tiny):
@@ -132,6 +92,31 @@ def test_a_row_that_ended_is_no_longer_yielded(tiny):
     for (codes, samples), want, frames in zip(rows, alone, (2, FRAMES, 4)):
         assert codes.shape == (32, frames) and np.array_equal(codes, want[:, :frames])
         assert samples.shape == (frames * 1920,)
+
+
+def test_rows_keep_their_own_params_and_seed_and_later_rows_join_as_rows_free_up():
+    """Requests of one batch may differ in sampling parameters, seed and max_frames: each row samples with
+    its own, so every row's codes equal speaking it alone, under greedy decoding and seeded sampling.
+    With max_batch=2, the third request joins at the frame boundary after the shortest row ends."""
+    requests = [
+        SpeechRequest(TEXTS[0], 0, SpeechParams(0.9, 20, 1.0, FRAMES - 3, seed=11)),
+        SpeechRequest(TEXTS[1], 0, SpeechParams(0.0, 50, 1.0, FRAMES + 2, seed=0)),
+        SpeechRequest(TEXTS[2], 0, SpeechParams(1.3, 50, 0.9, FRAMES, seed=12)),
+    ]
+    with pipeline(optimizers=["batched-generation"], options={"batched-generation": {"max_batch": 2}}) as p:
+        speaker = p.stage("tts")
+        steps = [row for row, _ in speaker.speak_batch(requests)]
+        rows = speak_rows(speaker, requests)
+        alone = [list(speaker.speak(r)) for r in requests]
+        other_seed = list(speaker.speak(SpeechRequest(TEXTS[0], 0, SpeechParams(0.9, 20, 1.0, FRAMES - 3, seed=99))))
+    # rows 0 and 1 start; row 0 ends after its 3 frames and row 2 takes its slot at the next frame; row 1
+    # ends after 8 frames (the 5th beside row 2), row 2 after its 6
+    assert steps == [0, 1] * 3 + [1, 2] * 5 + [2]
+    for request, (codes, samples), chunks in zip(requests, rows, alone):
+        want = np.concatenate([c.codes for c in chunks], axis=1)
+        assert codes.shape == (32, request.params.max_frames) and np.array_equal(codes, want)
+        np.testing.assert_allclose(samples, np.concatenate([c.samples for c in chunks]), atol=1e-4, rtol=0)
+    assert not np.array_equal(rows[0][0], np.concatenate([c.codes for c in other_seed], axis=1))  # seeds matter
 
 
 def test_optimizer_switches_the_path_but_not_the_codes():
@@ -154,9 +139,6 @@ def test_bad_inputs_are_clear_errors(tiny):
     speaker = tiny.stage("tts")
     with pytest.raises(CsmError, match="no requests given"):
         list(speaker.speak_batch([]))
-    other = SpeechRequest("Two.", 0, SpeechParams(0.0, 50, 1.0, FRAMES + 1, seed=0))
-    with pytest.raises(CsmError, match="request 1 has params .* one batch shares its sampling parameters"):
-        list(speaker.speak_batch([greedy_request("One."), other]))
     from csm_pytorch.cuda_graphs import cuda_graph_engines
 
     plain = speaker.engines
@@ -225,6 +207,7 @@ def test_one_by_one_and_batched_build_the_same_requests_with_the_voice_profile(t
 
 
 def test_engines_say_which_batches_they_can_run(tiny):
+    from csm_core.generation.row_engines import BatchingUnsupported, OneRow, row_engines
     from csm_pytorch.cuda_graphs import cuda_graph_engines
     from csm_pytorch.engines import TorchCsmEngines
 
@@ -234,10 +217,18 @@ def test_engines_say_which_batches_they_can_run(tiny):
         assert engines.batch_size == 2 and engines.for_batch(1) is engines and engines.for_batch(2) is engines
         grown = engines.for_batch(3)
         assert isinstance(grown, TorchCsmEngines) and grown is not engines and grown.batch_size == 3
-        wrapped = forced_end_engines(model, [None])  # a replaced backbone would not survive re-allocation
+        wrapped = TorchCsmEngines(model, batch_size=1)  # a replaced backbone would not survive re-allocation
+        wrapped.backbone = Forcing(TorchCsmEngines(model, batch_size=1), [None], code=0).backbone
         assert wrapped.for_batch(1) is wrapped and wrapped.for_batch(2) is None
         graphed = cuda_graph_engines(model, 1, capture=False)  # captured graphs hold the old caches
         assert graphed.batch_size == 1 and graphed.for_batch(1) is graphed and graphed.for_batch(2) is None
+        # a session never bypasses a replaced or captured backbone through the eager per-row calls
+        assert engines.per_row_calls and not wrapped.per_row_calls and not graphed.per_row_calls
+        assert isinstance(row_engines(graphed, 1), OneRow) and isinstance(row_engines(wrapped, 1), OneRow)
+        with pytest.raises(BatchingUnsupported, match="one request at a time"):
+            row_engines(graphed, 2)
+        eager = TorchCsmEngines(model, batch_size=2)
+        assert row_engines(eager, 2) is eager
     finally:
         TorchCsmEngines(model)  # the shared model's caches back to one row, as the tts stage made them
 
