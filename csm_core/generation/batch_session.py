@@ -33,12 +33,12 @@ from csm_core.errors import CsmError
 
 from .batch import as_prompt_batch
 from .embedder import FrameEmbedder
-from .frames import SilenceGuard
+from .frames import SilenceGuard, decode_frame
 from .prompt import Prompt, check_budget
 from .row_engines import row_engines
 from .sampling import SamplingParams, sample
 
-__all__ = ["BatchSession", "SessionFull", "decode_rows"]
+__all__ = ["BatchSession", "SessionFull"]
 
 
 class SessionFull(CsmError):
@@ -67,22 +67,6 @@ def _sample_rows(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
     if all(row.sampling.greedy for row in rows) and len({row.sampling.code_limit for row in rows}) == 1:
         return sample(logits, rows[0].sampling)
     return torch.cat([sample(logits[i : i + 1], row.sampling, row.generator) for i, row in enumerate(rows)])
-
-
-def decode_rows(decoder, embedder: FrameEmbedder, hidden, c0_logits, rows: list[_Row]) -> torch.Tensor:
-    """One frame [n,K] per row: :func:`~csm_core.generation.frames.decode_frame` with per-row sampling."""
-    n, k = hidden.shape[0], embedder.num_codebooks
-    code = _sample_rows(c0_logits, rows)
-    codes = [code]
-    decoder.reset()
-    x = torch.cat((hidden.unsqueeze(1).to(embedder.dtype), embedder.embed_audio(0, code)), dim=1)
-    positions = torch.arange(2, device=hidden.device).expand(n, 2)
-    for i in range(1, k):
-        code = _sample_rows(decoder.step(x, positions), rows)
-        codes.append(code)
-        x = embedder.embed_audio(i, code)
-        positions = torch.full((n, 1), i + 1, device=hidden.device, dtype=torch.long)
-    return torch.stack(codes, dim=1)
 
 
 class BatchSession:
@@ -168,7 +152,8 @@ class BatchSession:
         rows = [self._slots[s] for s in slots]
         hidden = torch.cat([row.hidden for row in rows])
         c0_logits = torch.cat([row.c0_logits for row in rows])
-        frames = decode_rows(self.engines.decoder, self.embedder, hidden, c0_logits, rows)
+        frames = decode_frame(self.engines, self.embedder, hidden, c0_logits,
+                              choose=lambda logits: _sample_rows(logits, rows))
         going = []
         for i, (slot, row) in enumerate(zip(slots, rows)):
             frame = frames[i]

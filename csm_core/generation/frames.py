@@ -59,25 +59,31 @@ class SilenceGuard:
         return c0 == previous_c0
 
 
-def decode_frame(engines, embedder, hidden, c0_logits, params, generator, forced=None) -> torch.Tensor:
+def decode_frame(engines, embedder, hidden, c0_logits, params=None, generator=None, forced=None, choose=None) -> torch.Tensor:
     """One frame [B,K]: codebook 0 from the backbone's logits, codebooks 1..K-1 from the depth decoder.
 
     A backend's :class:`~csm_core.components.FrameEngine` runs this same function inside its fused
     unit (with its own eager ``engines``), so fused and step-by-step frames are the same codes.
 
+    Codes are chosen by ``sample(logits, params, generator)``, or by ``choose(logits) -> codes [B]`` when
+    given (the batch session draws each row with its own parameters and generator).
+
     ``forced`` (codes [B,K]) teacher-forces the frame: the decoder is fed ``forced``'s codes instead of
     its own choices, and what it chose at each codebook is still returned (a quality measure compares
     the two); None: each chosen code is fed back, as in generation.
     """
+    if choose is None:
+        def choose(logits):
+            return sample(logits, params, generator)
     b, k = hidden.shape[0], embedder.num_codebooks
-    code = sample(c0_logits, params, generator)
+    code = choose(c0_logits)
     codes = [code]
     fed = code if forced is None else forced[:, 0]
     engines.decoder.reset()
     x = torch.cat((hidden.unsqueeze(1).to(embedder.dtype), embedder.embed_audio(0, fed)), dim=1)
     positions = torch.arange(2, device=hidden.device).expand(b, 2)
     for i in range(1, k):
-        code = sample(engines.decoder.step(x, positions), params, generator)
+        code = choose(engines.decoder.step(x, positions))
         codes.append(code)
         fed = code if forced is None else forced[:, i]
         x = embedder.embed_audio(i, fed)

@@ -22,27 +22,12 @@ from csm_core.generation.speech_decoding import WhisperDecoding, decode_speech, 
 from csm_core.plugins import Plugins
 from csm_core.records import StageContext
 from csm_core.registry import Registry
-from csm_listen.tiny_models import write_tiny_whisper
 from csm_listen.transcriber import WhisperTranscriber, _text_tokens
+from whisper_models import varied_whisper
 
 MAX_NEW = 16
 SEEDS = (0, 1)
 PARITY = ("language en", "detected language", "legacy forced_decoder_ids", "english-only")
-
-
-def varied_whisper(directory):
-    """The tiny Whisper with wider random weights, saved (with its processor) in ``directory``."""
-    from transformers import WhisperForConditionalGeneration
-
-    write_tiny_whisper(directory, seed=3)
-    model = WhisperForConditionalGeneration.from_pretrained(directory).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.ndim >= 2:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 4.0 / weight.shape[-1] ** 0.5)
-    model.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

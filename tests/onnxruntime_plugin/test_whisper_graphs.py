@@ -23,18 +23,9 @@ MAX_NEW = 24
 
 @pytest.fixture(scope="module")
 def whisper_dir(tmp_path_factory):
-    from csm_listen.tiny_models import write_tiny_whisper
-    from transformers import WhisperForConditionalGeneration
+    from whisper_models import varied_whisper
 
-    directory = write_tiny_whisper(tmp_path_factory.mktemp("ort-stt") / "varied-whisper", seed=3)
-    model = WhisperForConditionalGeneration.from_pretrained(directory).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.ndim >= 2:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 4.0 / weight.shape[-1] ** 0.5)
-    model.save_pretrained(directory)
-    return directory
+    return varied_whisper(tmp_path_factory.mktemp("ort-stt") / "varied-whisper")
 
 
 @pytest.fixture(scope="module")

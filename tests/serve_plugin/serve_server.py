@@ -3,6 +3,8 @@ free port, its log in a file, and helpers to read its metrics."""
 
 from __future__ import annotations
 
+import re
+import json
 import io
 import os
 import signal
@@ -116,3 +118,39 @@ def wav_bytes(seconds: float = 1.0, rate: int = 16_000) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, samples.astype(np.float32), rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
+
+
+def wait_for_log(server: Server, pattern: str) -> re.Match:
+    """The first log line matching ``pattern``; bounded wait (the server logs when a request ends; Ray
+    forwards its replicas' lines to the CLI's output)."""
+    for _ in range(600):
+        match = re.search(pattern, server.log_text())
+        if match:
+            return match
+        time.sleep(0.1)
+    raise AssertionError(f"no log line matches {pattern!r}:\n{server.log_text()[-3000:]}")
+
+
+def cancel_sentence_over_websocket(server: Server, frames: int, headers: dict | None = None):
+    """Start a long sentence on ``/v1/audio/speech/stream``, cancel it after its first audio, close; returns
+    (the handshake's response headers, the server's log line for the request: cancelled after how many
+    frames). ``frames`` bounds the audio messages read before the cancellation's answer."""
+    import websockets.sync.client
+
+    url = server.url.replace("http", "ws") + "/v1/audio/speech/stream"
+    with websockets.sync.client.connect(url, additional_headers=headers or server.headers) as ws:
+        handshake = ws.response.headers
+        ws.send(json.dumps({"type": "text", "text": "This sentence would go on for a long while. "}))
+        started = json.loads(ws.recv(timeout=120))
+        assert started["type"] == "sentence.started"
+        assert isinstance(ws.recv(timeout=120), bytes)
+        ws.send(json.dumps({"type": "cancel"}))
+        for _ in range(frames + 2):  # bounded: frames already sent, then the cancelled message
+            message = ws.recv(timeout=120)
+            if isinstance(message, str):
+                break
+        assert json.loads(message) == {"type": "cancelled", "index": 0}
+        ws.send(json.dumps({"type": "close"}))
+        assert json.loads(ws.recv(timeout=60)) == {"type": "done"}
+    match = wait_for_log(server, rf"request {started['request_id']} \(websocket\) (\w+) after (\d+) of")
+    return handshake, match

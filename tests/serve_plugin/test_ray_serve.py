@@ -26,9 +26,8 @@ import soundfile
 
 pytest.importorskip("ray.serve", reason="needs the ray extra (pip install 'csm-multi[ray]')")
 import openai  # noqa: E402
-import websockets.sync.client  # noqa: E402
 from ray_serve_server import ReplicaKiller, start_ray_server  # noqa: E402
-from serve_server import FRAME_SAMPLES  # noqa: E402
+from serve_server import FRAME_SAMPLES, cancel_sentence_over_websocket, wait_for_log  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +48,6 @@ def ray_server(tmp_path_factory):
 @pytest.fixture
 def client(ray_server):
     return openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key=ray_server.api_key, max_retries=0, timeout=120)
-
-
-def wait_for_log(server, pattern: str) -> re.Match:
-    for _ in range(600):  # bounded: Ray forwards the replicas' log lines to the CLI's output
-        match = re.search(pattern, server.log_text())
-        if match:
-            return match
-        time.sleep(0.1)
-    raise AssertionError(f"no log line matches {pattern!r}:\n{server.log_text()[-3000:]}")
 
 
 def test_requests_spread_over_both_replicas(ray_server, client):
@@ -96,22 +86,8 @@ def test_formats_and_sse_through_the_proxy(ray_server, client):
 
 
 def test_a_websocket_cancel_stops_the_sentence(ray_server):
-    url = ray_server.url.replace("http", "ws") + "/v1/audio/speech/stream"
-    with websockets.sync.client.connect(url, additional_headers=ray_server.headers) as ws:
-        assert ws.response.headers["x-csm-replica"].startswith("CsmServe#")
-        ws.send(json.dumps({"type": "text", "text": "This sentence would go on for a long while. "}))
-        started = json.loads(ws.recv(timeout=120))
-        assert started["type"] == "sentence.started"
-        assert isinstance(ws.recv(timeout=120), bytes)
-        ws.send(json.dumps({"type": "cancel"}))
-        for _ in range(FRAMES + 2):  # bounded: frames already sent, then the cancelled message
-            message = ws.recv(timeout=120)
-            if isinstance(message, str):
-                break
-        assert json.loads(message) == {"type": "cancelled", "index": 0}
-        ws.send(json.dumps({"type": "close"}))
-        assert json.loads(ws.recv(timeout=60)) == {"type": "done"}
-    match = wait_for_log(ray_server, rf"request {started['request_id']} \(websocket\) (\w+) after (\d+) of")
+    handshake, match = cancel_sentence_over_websocket(ray_server, FRAMES)
+    assert handshake["x-csm-replica"].startswith("CsmServe#")
     assert match.group(1) == "cancelled" and int(match.group(2)) < FRAMES
 
 

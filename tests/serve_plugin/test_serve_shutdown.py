@@ -8,15 +8,11 @@ server with exit status 0, cancelling what is in flight.
 
 from __future__ import annotations
 
-import json
-import re
 import signal
-import time
 
 import httpx
 import pytest
-import websockets.sync.client
-from serve_server import start_server
+from serve_server import cancel_sentence_over_websocket, start_server, wait_for_log
 
 LONG_FRAMES = 200
 
@@ -26,16 +22,6 @@ def long_server(tmp_path_factory):
     running = start_server(tmp_path_factory.mktemp("serve-long"), LONG_FRAMES, shutdown_grace_s=1)
     yield running
     running.stop()
-
-
-def wait_for_log(server, pattern: str) -> re.Match:
-    """The first log line matching ``pattern``; bounded wait (the server logs when a request ends)."""
-    for _ in range(600):
-        match = re.search(pattern, server.log_text())
-        if match:
-            return match
-        time.sleep(0.1)
-    raise AssertionError(f"no log line matches {pattern!r}:\n{server.log_text()[-3000:]}")
 
 
 def test_a_client_that_disconnects_cancels_its_request(long_server):
@@ -54,21 +40,7 @@ def test_a_client_that_disconnects_cancels_its_request(long_server):
 
 
 def test_a_websocket_cancel_stops_the_sentence(long_server):
-    url = long_server.url.replace("http", "ws") + "/v1/audio/speech/stream"
-    with websockets.sync.client.connect(url, additional_headers=long_server.headers) as ws:
-        ws.send(json.dumps({"type": "text", "text": "This sentence would go on for a long while. "}))
-        started = json.loads(ws.recv(timeout=120))
-        assert started["type"] == "sentence.started"
-        assert isinstance(ws.recv(timeout=120), bytes)
-        ws.send(json.dumps({"type": "cancel"}))
-        for _ in range(LONG_FRAMES + 2):  # bounded: frames already sent, then the cancelled message
-            message = ws.recv(timeout=120)
-            if isinstance(message, str):
-                break
-        assert json.loads(message) == {"type": "cancelled", "index": 0}
-        ws.send(json.dumps({"type": "close"}))
-        assert json.loads(ws.recv(timeout=60)) == {"type": "done"}
-    match = wait_for_log(long_server, rf"request {started['request_id']} \(websocket\) (\w+) after (\d+) of")
+    _, match = cancel_sentence_over_websocket(long_server, LONG_FRAMES)
     assert match.group(1) == "cancelled" and int(match.group(2)) < LONG_FRAMES // 2
 
 
