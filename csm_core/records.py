@@ -137,9 +137,13 @@ class StageContext:
                 f"builds engines must list them in its StageImpl.components"
             )
         if not self.backend.supports(component):
+            having = [] if self.registry is None else sorted(
+                name for name, entry in self.registry.backends.items() if entry.record.supports(component)
+            )
             raise BackendUnavailable(
-                f"backend {self.backend.name!r} has no engine for component {component!r} "
-                f"(it provides: {', '.join(sorted(self.backend.engines)) or 'none'})"
+                f"backend {self.backend.name!r} has no {component} engine for the {self.stage} stage (it provides: "
+                f"{', '.join(sorted(self.backend.engines)) or 'none'}); backends that have one: "
+                f"{', '.join(having) or 'none'}. Set backends.{self.stage} to one of them"
             )
         return self.backend.engines[component](module, self)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from csm_core.components import CAUSAL_LM, CausalLm
-from csm_core.errors import BackendUnavailable, ConfigError, CsmError
+from csm_core.errors import ConfigError, CsmError
 from csm_core.stages import Reply, ReplyRequest
 from csm_core.generation.lm_decoding import LmSampling, decode_tokens
 from csm_listen.reply_format import build_messages, parse_reply, render_plain
@@ -72,7 +72,7 @@ class TransformersReplyModel:
                 f"{self.prompt_budget} of the LM's {self.max_positions} positions for the prompt: lower it "
                 "(or raise max_positions)"
             )
-        self.engine = _engine(context, CausalLm(self.model, self.max_positions))
+        self.engine = context.engine(CAUSAL_LM, CausalLm(self.model, self.max_positions))
         self.sampling = LmSampling(self.options.temperature, self.options.top_p, self.options.seed)
 
     def _max_positions(self) -> int:
@@ -137,19 +137,6 @@ class TransformersReplyModel:
         if eos is None:
             return []
         return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-
-def _engine(context, component: CausalLm):
-    """The ``causal_lm`` engine of the stage's backend."""
-    if context.backend is not None and not context.backend.supports(CAUSAL_LM):
-        having = []
-        if context.registry is not None:
-            having = sorted(n for n, r in context.registry.backends.items() if r.record.supports(CAUSAL_LM))
-        raise BackendUnavailable(
-            f"backend {context.backend.name!r} has no causal_lm engine for the {context.stage} stage; backends "
-            f"that have one: {', '.join(having) or 'none'}. Set backends.{context.stage} to one of them"
-        )
-    return context.engine(CAUSAL_LM, component)
 
 
 def _load(directory: Path, device: str, dtype):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from csm_core.audio import Audio, validate_samples
 from csm_core.components import SPEECH_TO_TEXT, SpeechToText
-from csm_core.errors import AudioError, BackendUnavailable, ConfigError
+from csm_core.errors import AudioError, ConfigError
 from csm_core.generation.speech_decoding import decode_speech, whisper_decoding
 
 WHISPER_SAMPLE_RATE = 16_000
@@ -77,7 +77,7 @@ class WhisperTranscriber:
             self.decoding = whisper_decoding(self.model.generation_config, language_codes=TO_LANGUAGE_CODE, **kwargs)
         except ValueError as exc:
             raise ConfigError(f"[options.whisper] with the model in {str(self.model_dir)!r}: {exc}") from None
-        self.engine = _engine(context, SpeechToText(self.model, config.max_target_positions))
+        self.engine = context.engine(SPEECH_TO_TEXT, SpeechToText(self.model, config.max_target_positions))
 
     def token_ids(self, audio: Audio) -> list[np.ndarray]:
         """The generated text token ids of each 30 s window (forced prompt tokens excluded)."""
@@ -97,25 +97,6 @@ class WhisperTranscriber:
         """What was said in ``audio`` (any rate, mono float in [-1, 1]), special tokens removed."""
         texts = [self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in self.token_ids(audio)]
         return " ".join(t for t in texts if t)
-
-
-def _engine(context, component: SpeechToText):
-    """The ``speech_to_text`` engine of the stage's backend (the pipeline gives the stage one, since it
-    declares the component); a context without one is an error, never a silent choice."""
-    if context.backend is None:
-        raise BackendUnavailable(
-            f"the {context.stage} stage needs a backend with speech_to_text engines and its context has none: "
-            "build it through a Pipeline, or give StageContext a backend"
-        )
-    if not context.backend.supports(SPEECH_TO_TEXT):
-        having = []
-        if context.registry is not None:
-            having = sorted(n for n, r in context.registry.backends.items() if r.record.supports(SPEECH_TO_TEXT))
-        raise BackendUnavailable(
-            f"backend {context.backend.name!r} has no speech_to_text engine for the {context.stage} stage; backends "
-            f"that have one: {', '.join(having) or 'none'}. Set backends.{context.stage} to one of them"
-        )
-    return context.engine(SPEECH_TO_TEXT, component)
 
 
 def _load(directory: Path, device: str, dtype):
