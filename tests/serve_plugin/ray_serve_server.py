@@ -9,12 +9,9 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-import pytest
-from serve_server import API_KEY, Server, free_port, server_environment
+from serve_server import API_KEY, Server, free_port, launch, server_environment
 
 READY_TIMEOUT_S = 300.0
 READY_LINE = "csmctl serve --ray: ready after"
@@ -35,24 +32,7 @@ def start_ray_server(folder: Path, max_frames: int, replicas: int | None = 2, co
         command += ["--replicas", str(replicas)]
     if config is not None:
         command += ["--config", str(config)]
-    log = folder / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder)
-    server = Server(f"http://127.0.0.1:{port}", process, log, api_key, max_frames)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"csmctl serve --ray exited with {process.returncode} before it was ready:\n"
-                        f"{server.log_text()[-4000:]}")
-        if READY_LINE in server.log_text():
-            try:
-                if httpx.get(f"{server.url}/ready", timeout=10).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-        time.sleep(0.5)
-    server.stop()
-    pytest.fail(f"csmctl serve --ray was not ready within {READY_TIMEOUT_S} s:\n{server.log_text()[-4000:]}")
+    return launch(folder, command, env, port, api_key, max_frames, ready_line=READY_LINE, timeout_s=READY_TIMEOUT_S)
 
 
 def gcs_address(server: Server) -> str:

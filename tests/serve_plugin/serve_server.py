@@ -90,24 +90,34 @@ def start_server(folder: Path, max_frames: int, api_key: str | None = API_KEY, *
     """Start ``python -m csm_core.cli serve --preset tiny`` on a free loopback port and wait for /ready."""
     port = free_port()
     env = server_environment(folder, api_key, options)
-    log = folder / "server.log"
     command = [sys.executable, "-m", "csm_core.cli", "serve", "--preset", "tiny", "--device", "cpu",
                "--host", "127.0.0.1", "--port", str(port), "-m", str(max_frames), "--verbose"]
+    return launch(folder, command, env, port, api_key, max_frames)
+
+
+def launch(folder: Path, command: list[str], env: dict, port: int, api_key: str | None, max_frames: int,
+           ready_line: str | None = None, timeout_s: float = READY_TIMEOUT_S) -> Server:
+    """Run ``command`` (a server on ``port``) with its output in ``folder/server.log``; wait until its log
+    holds ``ready_line`` (when given) and ``/ready`` answers 200. Fails the test, with the log's end,
+    when it exits first or is not ready within ``timeout_s``."""
+    log = folder / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder)
     server = Server(f"http://127.0.0.1:{port}", process, log, api_key, max_frames)
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    name = "csmctl serve --ray" if "--ray" in command else "the server"
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode} before it was ready:\n{server.log_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/ready", timeout=5).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
+            pytest.fail(f"{name} exited with {process.returncode} before it was ready:\n{server.log_text()[-4000:]}")
+        if ready_line is None or ready_line in server.log_text():
+            try:
+                if httpx.get(f"{server.url}/ready", timeout=10).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
         time.sleep(0.25)
     server.stop()
-    pytest.fail(f"the server was not ready within {READY_TIMEOUT_S} s:\n{server.log_text()[-3000:]}")
+    pytest.fail(f"{name} was not ready within {timeout_s} s:\n{server.log_text()[-4000:]}")
 
 
 def wav_bytes(seconds: float = 1.0, rate: int = 16_000) -> bytes:
