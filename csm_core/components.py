@@ -80,8 +80,14 @@ class FrameEngine(Protocol):
         """Whether :meth:`decode` can run under these :class:`~csm_core.generation.SamplingParams`
         (for example greedy only); when it cannot, the frame loop decodes step by step."""
 
-    def decode(self, hidden: torch.Tensor, c0_logits: torch.Tensor, params) -> torch.Tensor:
-        """Codes [B,K] of one frame from the backbone's ``hidden`` [B,D] and codebook-0 logits [B,V]."""
+    def decode(self, hidden: torch.Tensor, c0_logits: torch.Tensor, params, generator=None) -> torch.Tensor:
+        """Codes [B,K] of one frame from the backbone's ``hidden`` [B,D] and codebook-0 logits [B,V].
+
+        Under sampling, randomness comes only from ``generator`` (a ``torch.Generator``, or None for
+        torch's global one), drawn in the order :func:`~csm_core.generation.frames.decode_frame` draws it
+        (one :func:`~csm_core.generation.sampling.draw_noise` per codebook, 0 first), so that a seed gives
+        the same codes fused or step by step.
+        """
 
 
 class CsmEngines(Protocol):

@@ -132,7 +132,7 @@ def generate_frames(
     previous_c0 = None
     for index in range(max_frames):
         if fused is not None:
-            frame = fused.decode(hidden, c0_logits, sampling)
+            frame = fused.decode(hidden, c0_logits, sampling, generator)
         else:
             frame = decode_frame(engines, embedder, hidden, c0_logits, sampling, generator)
         frame = frame.masked_fill(ended.unsqueeze(1), 0)

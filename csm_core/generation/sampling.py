@@ -3,6 +3,11 @@
 All functions take logits [B,V] (any float dtype, any device) and return codes [B] int64 on the same
 device. Randomness comes only from the ``torch.Generator`` passed in, so a seed fixes the result on a
 given device (CPU and CUDA generators produce different streams).
+
+A draw is an exponential race: ``argmax(probs / noise)`` with ``noise`` ~ Exp(1) per code (the same
+distribution as ``torch.multinomial``). The noise is an explicit tensor (:func:`draw_noise`), so a
+backend that decodes a whole frame in one graph can take the core's noise as an input and choose
+exactly the codes the core would (:func:`choose_with_noise`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 
 from csm_core.errors import CsmError
 
-__all__ = ["SamplingError", "SamplingParams", "sample", "filter_logits"]
+__all__ = ["SamplingError", "SamplingParams", "sample", "filter_logits", "draw_noise", "choose_with_noise"]
 
 
 class SamplingError(CsmError, ValueError):
@@ -104,5 +109,21 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         logits = logits[:, : params.code_limit]
     if params.greedy:
         return logits.argmax(dim=-1)
+    return choose_with_noise(logits, params, draw_noise(logits.shape, logits.device, generator))
+
+
+def draw_noise(shape: torch.Size | tuple[int, int], device: torch.device | str,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exp(1) noise [B,V] float32 for one draw of :func:`choose_with_noise` (``V`` after ``code_limit``)."""
+    noise = torch.empty(tuple(shape), dtype=torch.float32, device=device).exponential_(1.0, generator=generator)
+    return noise.clamp_min_(torch.finfo(torch.float32).tiny)  # never 0: probs / noise stays finite
+
+
+def choose_with_noise(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor) -> torch.Tensor:
+    """Codes [B]: the exponential race ``argmax(probs / noise)`` over ``filter_logits(logits, params)``.
+
+    ``logits`` [B,V] are already cut to ``code_limit`` (as :func:`sample` does); ``noise`` [B,V] comes
+    from :func:`draw_noise`. Codes that the filters removed have probability 0 and never win.
+    """
     probs = filter_logits(logits, params).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return (probs / noise).argmax(dim=-1)

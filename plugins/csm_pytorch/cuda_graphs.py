@@ -164,7 +164,8 @@ class GraphedFrame:
         return params.greedy
 
     @torch.inference_mode()
-    def decode(self, hidden: torch.Tensor, c0_logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    def decode(self, hidden: torch.Tensor, c0_logits: torch.Tensor, params: SamplingParams,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         if not params.greedy:
             raise ValueError("GraphedFrame decodes greedy frames only: check supports(params) first")
         key = (tuple(hidden.shape), hidden.dtype, tuple(c0_logits.shape), params)

@@ -194,7 +194,7 @@ _encoder = None
 def speaker_similarity_unavailable() -> str | None:
     """Why speaker similarity cannot be computed here, or None when it can."""
     if importlib.util.find_spec(SIMILARITY_PACKAGE) is None:
-        return ("resemblyzer is not installed (pip install resemblyzer: its speaker encoder ships its weights; "
+        return ("resemblyzer is not installed (pip install 'csm-multi[eval]': its speaker encoder ships its weights; "
                 "it adds librosa, numba and scikit-learn)")
     try:
         import warnings

@@ -86,3 +86,23 @@ def test_code_limit_keeps_every_choice_below_it():
     assert drawn.max() < 8
     with pytest.raises(ValueError, match="code_limit"):
         SamplingParams(code_limit=0)
+
+
+def test_the_exponential_race_draws_each_code_with_its_probability():
+    # 40k draws of a 4-code distribution: each frequency within 4 standard errors of its probability.
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(40_000, 4)
+    params = SamplingParams(temperature=1.0, top_k=None)
+    codes = sample(logits, params, torch.Generator().manual_seed(7))
+    probs = logits[0].softmax(-1)
+    freq = torch.bincount(codes, minlength=4).double() / len(codes)
+    sigma = (probs * (1 - probs) / len(codes)).sqrt()
+    assert ((freq - probs).abs() <= 4 * sigma).all(), (freq, probs)
+
+
+def test_noise_drawn_by_the_core_reproduces_a_seeded_draw():
+    from csm_core.generation.sampling import choose_with_noise, draw_noise
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+    params = SamplingParams(temperature=0.8, top_k=10, top_p=0.9)
+    noise = draw_noise(logits.shape, "cpu", torch.Generator().manual_seed(5))
+    assert torch.equal(choose_with_noise(logits, params, noise), sample(logits, params, torch.Generator().manual_seed(5)))
