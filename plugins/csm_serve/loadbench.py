@@ -74,6 +74,31 @@ def parse_clients(value: str) -> list[int]:
     return levels
 
 
+def parse_max_rows(value: str | None) -> list[int | None]:
+    """``--max-rows "1,4"`` -> [1, 4]: one started server per value, side by side in one run (None: one
+    server with its configured ``[options.serve] max_rows``)."""
+    if value is None:
+        return [None]
+    settings: list[int | None] = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            number = int(part)
+        except ValueError:
+            raise CsmError(f"--max-rows: {part!r} is not a whole number (give e.g. 1,4: 1 is one request at a "
+                           "time, more is continuous batching)") from None
+        if not 1 <= number <= 64:
+            raise CsmError(f"--max-rows: {number} is out of range (1 to 64 rows)")
+        if number in settings:
+            raise CsmError(f"--max-rows: {number} is given twice")
+        settings.append(number)
+    if not settings:
+        raise CsmError("--max-rows is empty: give the server's max_rows settings to compare, e.g. 1,4")
+    return settings
+
+
 def check_url(url: str) -> str:
     parts = urlsplit(url)
     try:
@@ -153,16 +178,19 @@ def server_command(port: int, flags: dict, ray: bool = False, replicas: int | No
 
 
 def start_server(flags: dict, threads: int | None, folder: Path, should_stop=lambda: False, ray: bool = False,
-                 replicas: int | None = None) -> StartedServer:
+                 replicas: int | None = None, max_rows: int | None = None) -> StartedServer:
     """Start the server in a subprocess and wait (at most READY_TIMEOUT_S) until ``/ready`` says 200
-    (with ``ray``: and the CLI said every replica is ready)."""
+    (with ``ray``: and the CLI said every replica is ready). ``threads``, ``max_rows``: its
+    ``[options.serve]`` ``threads`` and ``max_rows`` (None: as configured)."""
     port = free_port()
     api_key = secrets.token_hex(16)
     env = dict(os.environ, CSM_SERVE_API_KEY=api_key, PYTHONUNBUFFERED="1")
     if threads is not None:
         env["CSM_OPTIONS__SERVE__THREADS"] = str(threads)
+    if max_rows is not None:
+        env["CSM_OPTIONS__SERVE__MAX_ROWS"] = str(max_rows)
     command = server_command(port, flags, ray, replicas)
-    log = folder / "server.log"
+    log = folder / f"server-{port}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     server = StartedServer(f"http://127.0.0.1:{port}", process, log, api_key, command)
@@ -457,14 +485,16 @@ def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None,
                     url: str | None = None, api_key: str | None = None, server_pid: int | None = None,
                     threads: int | None = None, model: str = "tts-1", voice: str = "alloy",
                     timeout: float = 600.0, flags: dict | None = None, ray: bool = False,
-                    replicas: int | None = None) -> tuple[list[Path], dict]:
+                    replicas: int | None = None, max_rows: str | None = None) -> tuple[list[Path], dict]:
     """Run the benchmark with a progress bar; returns (the files written, the document). ``ray``,
-    ``replicas``: start ``csmctl serve --ray [--replicas N]`` instead of the single server."""
+    ``replicas``: start ``csmctl serve --ray [--replicas N]`` instead of the single server. ``max_rows``
+    (``"1,4"``): start one server per setting, one after another, and report them side by side."""
     from csm_core.output_paths import check_output_folder
     from csm_core.user_text import check_text
 
     flags = {k: v for k, v in (flags or {}).items() if v is not None and v != []}
     levels = parse_clients(clients)
+    settings = parse_max_rows(max_rows)
     if requests_per_client < 1 or requests_per_client > 1000:
         raise CsmError(f"--requests-per-client {requests_per_client} is out of range (1 to 1000)")
     if not (timeout > 0):
@@ -481,6 +511,8 @@ def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None,
             raise CsmError("--threads sets up the server `bench serve` starts; leave it out with --url")
         if ray or replicas is not None:
             raise CsmError("--ray and --replicas set up the server `bench serve` starts; leave them out with --url")
+        if max_rows is not None:
+            raise CsmError("--max-rows sets up the servers `bench serve` starts; leave it out with --url")
         api_key = api_key if api_key is not None else os.environ.get("CSM_SERVE_API_KEY")
     elif server_pid is not None:
         raise CsmError("--server-pid is for --url: the server `bench serve` starts is sampled anyway")
@@ -499,53 +531,26 @@ def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None,
     console = Console(stderr=True)
     body = json.dumps({"model": model, "input": text, "voice": voice, "response_format": "pcm",
                        "stream_format": "audio"}).encode("utf-8")
-    with tempfile.TemporaryDirectory(prefix="csm-bench-serve-") as folder:
-        server = None
-        if url is None:
-            console.print("bench serve: starting the server" + (" on Ray Serve" if ray else "")
-                          + " and loading the models")
-            server = start_server(flags, threads, Path(folder), ray=ray, replicas=replicas)
-            url, api_key, server_pid = server.url, server.api_key, server.process.pid
-            console.print(f"bench serve: server ready at {url} after {server.ready_seconds:.1f} s")
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        try:
-            status = _get(url, "/ready", timeout=10)[0]
-        except (OSError, http.client.HTTPException) as exc:
-            raise ServerFailed(f"{url}: the server does not answer ({exc})") from None
-        if status != 200:
-            raise ServerFailed(f"{url}/ready answers {status}: the server is not ready")
-        results: list[dict] = []
-        try:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            with Progress(*columns, console=console, transient=False) as progress:
-                task = progress.add_task("requests", total=sum(levels) * requests_per_client)
-                for count in levels:
-                    progress.update(task, description=f"{count} client(s)")
-                    level = run_level(url, headers, body, count, requests_per_client, timeout, server_pid,
-                                      on_request=lambda result: progress.advance(task), rss_tree=ray,
-                                      server_metrics=not ray)
-                    results.append(level)
-                    progress.console.print(
-                        f"{count} client(s): {level['ok']} ok, {level['rejected']} rejected, {level['errors']} "
-                        f"failed; {level['audio_seconds_per_second'] or 0:.2f} audio s/s, first audio p95 "
-                        f"{(level['time_to_first_audio_s']['p95'] or 0) * 1e3:.0f} ms")
-            peak = (tree_status_bytes if ray else proc_status_bytes)(server_pid, "VmHWM")
-        finally:
-            if server is not None:
-                server.stop()
+    runs: list[dict] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with tempfile.TemporaryDirectory(prefix="csm-bench-serve-") as folder, \
+            Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("requests", total=len(settings) * sum(levels) * requests_per_client)
+        for rows in settings:
+            label = "" if rows is None else f"max_rows {rows}: "
+            runs.append(_run_server_levels(
+                progress, task, label, url, api_key, server_pid, flags, threads, Path(folder), ray, replicas, rows,
+                body, levels, requests_per_client, timeout))
     run = {
-        "url": url if server is None else None,
-        "started_server": server is not None,
-        "server_command": None if server is None else server.command[1:],
-        "ready_seconds": None if server is None else server.ready_seconds,
+        "url": url,
+        "started_server": url is None,
         "preset": flags.get("preset"),
         "max_new_tokens": flags.get("max_new_tokens"),
         "threads": threads,
         "ray": ray,
         "replicas": replicas if ray else None,  # None with ray: the count [options.ray] sets
         "rss_scope": "process tree" if ray else "process",
+        "max_rows": None if max_rows is None else settings,
         "clients": levels,
         "requests_per_client": requests_per_client,
         "text": text,
@@ -556,15 +561,62 @@ def run_bench_serve(*, clients: str, requests_per_client: int, text: str | None,
         "frame_seconds": FRAME_SECONDS,
         "sample_rate": SAMPLE_RATE,
     }
-    return write_reports(run, results, peak, out)
+    return write_reports(run, runs, out)
 
 
-def write_reports(run: dict, levels: list[dict], peak: int | None, out: Path) -> tuple[list[Path], dict]:
+def _run_server_levels(progress, task, label: str, url: str | None, api_key: str | None, server_pid: int | None,
+                       flags: dict, threads: int | None, folder: Path, ray: bool, replicas: int | None,
+                       max_rows: int | None, body: bytes, levels: list[int], requests_per_client: int,
+                       timeout: float) -> dict:
+    """Every client level against one server (started here with ``max_rows`` unless ``url`` is given)."""
+    server = None
+    if url is None:
+        progress.console.print(f"bench serve: {label}starting the server" + (" on Ray Serve" if ray else "")
+                               + " and loading the models")
+        server = start_server(flags, threads, folder, ray=ray, replicas=replicas, max_rows=max_rows)
+        url, api_key, server_pid = server.url, server.api_key, server.process.pid
+        progress.console.print(f"bench serve: {label}server ready at {url} after {server.ready_seconds:.1f} s")
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    try:
+        try:
+            status = _get(url, "/ready", timeout=10)[0]
+        except (OSError, http.client.HTTPException) as exc:
+            raise ServerFailed(f"{url}: the server does not answer ({exc})") from None
+        if status != 200:
+            raise ServerFailed(f"{url}/ready answers {status}: the server is not ready")
+        results: list[dict] = []
+        for count in levels:
+            progress.update(task, description=f"{label}{count} client(s)")
+            level = run_level(url, headers, body, count, requests_per_client, timeout, server_pid,
+                              on_request=lambda result: progress.advance(task), rss_tree=ray,
+                              server_metrics=not ray)
+            results.append(level)
+            progress.console.print(
+                f"{label}{count} client(s): {level['ok']} ok, {level['rejected']} rejected, {level['errors']} "
+                f"failed; {level['audio_seconds_per_second'] or 0:.2f} audio s/s, first audio p95 "
+                f"{(level['time_to_first_audio_s']['p95'] or 0) * 1e3:.0f} ms")
+        peak = (tree_status_bytes if ray else proc_status_bytes)(server_pid, "VmHWM")
+    finally:
+        if server is not None:
+            server.stop()
+    return {
+        "max_rows": max_rows,
+        "server_command": None if server is None else server.command[1:],
+        "server_pid": server_pid,
+        "ready_seconds": None if server is None else server.ready_seconds,
+        "server_peak_rss_bytes": peak,
+        "levels": results,
+    }
+
+
+def write_reports(run: dict, runs: list[dict], out: Path) -> tuple[list[Path], dict]:
     from csm_bench import machine_info, write_json
     from csm_core.files import replace_together
     from csm_serve.loadbench_report import build_document, markdown, plot
 
-    document = build_document(levels, run, machine_info(), peak)
+    document = build_document(runs, run, machine_info())
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "bench-serve.json", out / "bench-serve.md", out / "bench-serve.png"]
     with replace_together(*paths) as temporaries:

@@ -37,6 +37,10 @@ def register_bench_serve(cli) -> None:
                                           "instead of the single server.")] = False,
         replicas: Annotated[Optional[int], typer.Option("--replicas", help="With --ray: replicas of the "
                                                         "started server.")] = None,
+        max_rows: Annotated[Optional[str], typer.Option("--max-rows", help="Comma-separated [options.serve] "
+                                                        "max_rows settings (e.g. 1,4: one request at a time and "
+                                                        "continuous batching of 4): one started server each, one "
+                                                        "after another, reported side by side.")] = None,
         model: Annotated[str, typer.Option("--model", help="The model name the requests send.")] = "tts-1",
         voice: Annotated[str, typer.Option("--voice", help="The voice the requests ask for.")] = "alloy",
         timeout: Annotated[float, typer.Option("--timeout", help="Seconds a request may take (each socket read "
@@ -60,7 +64,8 @@ def register_bench_serve(cli) -> None:
 
         Starts `csmctl serve` (--ray: `csmctl serve --ray [--replicas N]`) with the model options given (or
         loads --url), then for each --clients level runs that many clients at once, each sending
-        --requests-per-client streaming pcm requests. Exits 1
+        --requests-per-client streaming pcm requests. --max-rows 1,4 starts one server per setting and
+        compares them side by side (batching's gain over one request at a time). Exits 1
         (after writing the reports) when a request failed other than by a 429."""
         _logging(verbose)
         from csm_core.errors import CsmError
@@ -74,7 +79,7 @@ def register_bench_serve(cli) -> None:
             paths, document = run_bench_serve(
                 clients=clients, requests_per_client=requests_per_client, text=text, out=out, url=url,
                 api_key=api_key, server_pid=server_pid, threads=threads, model=model, voice=voice, timeout=timeout,
-                flags=flags, ray=ray, replicas=replicas)
+                flags=flags, ray=ray, replicas=replicas, max_rows=max_rows)
         except ServerFailed as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
@@ -86,7 +91,7 @@ def register_bench_serve(cli) -> None:
             raise typer.Exit(130) from None
         for path in paths:
             typer.echo(f"wrote {path}")
-        failed = sum(level["errors"] for level in document["levels"])
+        failed = sum(level["errors"] for run in document["runs"] for level in run["levels"])
         if failed:  # 429s are a result of the load; other failures are not
             typer.secho(f"error: {failed} request(s) failed; see {paths[1]}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1)

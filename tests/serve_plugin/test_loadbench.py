@@ -22,10 +22,11 @@ def _run(*args: str, cwd, timeout: float = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_bench_serve_writes_consistent_reports(tmp_path):
+def test_bench_serve_writes_consistent_reports_of_two_server_settings_side_by_side(tmp_path):
     out = tmp_path / "results"
     result = _run("--preset", "tiny", "--device", "cpu", "--threads", "1", "--clients", "1,2",
-                  "--requests-per-client", "1", "--max-new-tokens", "6", "--out", str(out), cwd=tmp_path)
+                  "--requests-per-client", "1", "--max-new-tokens", "6", "--max-rows", "1,2", "--out", str(out),
+                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     paths = [out / "bench-serve.json", out / "bench-serve.md", out / "bench-serve.png"]
     for path in paths:
@@ -35,14 +36,37 @@ def test_bench_serve_writes_consistent_reports(tmp_path):
     assert not [p for p in out.iterdir() if p not in paths]  # no temporaries left behind
 
     document = json.loads(paths[0].read_text())
-    assert document["schema"] == "csm-multi-bench-serve/1"
+    assert document["schema"] == "csm-multi-bench-serve/2"
     run = document["run"]
     assert run["started_server"] is True and run["preset"] == "tiny" and run["max_new_tokens"] == 6
-    assert run["clients"] == [1, 2] and run["requests_per_client"] == 1
+    assert run["clients"] == [1, 2] and run["requests_per_client"] == 1 and run["max_rows"] == [1, 2]
     assert run["response_format"] == "pcm" and run["stream_format"] == "audio"
-    assert document["server_peak_rss_bytes"] > 0
-    assert [level["clients"] for level in document["levels"]] == [1, 2]
-    for level in document["levels"]:
+    runs = document["runs"]
+    assert [r["max_rows"] for r in runs] == [1, 2]
+    assert runs[0]["server_pid"] != runs[1]["server_pid"]  # a server of its own per setting
+    for one in runs:
+        assert one["server_peak_rss_bytes"] > 0
+        check_levels(one)
+    # side by side: each setting's throughput over the first one's, per client level
+    assert [row["clients"] for row in document["comparison"]] == [1, 2]
+    for index, row in enumerate(document["comparison"]):
+        first, second = row["runs"]
+        assert first["throughput_ratio"] == pytest.approx(1.0)
+        assert second["throughput_ratio"] == pytest.approx(
+            runs[1]["levels"][index]["audio_seconds_per_second"] / runs[0]["levels"][index]["audio_seconds_per_second"])
+        assert second["time_to_first_audio_p95_s"] == runs[1]["levels"][index]["time_to_first_audio_s"]["p95"]
+
+    text = paths[1].read_text()
+    assert "Side by side" in text and "#### max_rows 1" in text and "#### max_rows 2" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 + 2 * 2  # the comparison's two rows, then each setting's two
+    assert rows[-1].startswith("| 2 | 2 / 0 / 0 |")
+
+
+def check_levels(one: dict) -> None:
+    """The levels of one server: what the clients received agrees with itself and with the server's count."""
+    assert [level["clients"] for level in one["levels"]] == [1, 2]
+    for level in one["levels"]:
         clients = level["clients"]
         assert level["requests"] == level["ok"] == clients * 1
         assert level["rejected"] == 0 and level["errors"] == 0
@@ -65,14 +89,9 @@ def test_bench_serve_writes_consistent_reports(tmp_path):
         assert gaps["count"] == frames - clients  # one gap between each two frames of a response
         if gaps["count"]:
             assert 0 <= gaps["p50"] <= gaps["p95"] <= gaps["max"]
-        assert 0 < level["server_peak_rss_bytes"] <= document["server_peak_rss_bytes"]
+        assert 0 < level["server_peak_rss_bytes"] <= one["server_peak_rss_bytes"]
         # the server's own count agrees with what the clients received
         assert level["server"] == {"frames_generated": frames, "jobs_done": clients, "rejected_429": 0}
-
-    text = paths[1].read_text()
-    assert "| clients |" in text
-    rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
-    assert len(rows) == 2 and rows[1].startswith("| 2 | 2 / 0 / 0 |")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -83,6 +102,9 @@ def test_bench_serve_writes_consistent_reports(tmp_path):
     (["--url", "ftp://example"], "--url"),
     (["--url", "http://127.0.0.1:8000/v1"], "--url"),
     (["--url", "http://127.0.0.1:9", "--preset", "tiny"], "--preset"),
+    (["--max-rows", "1,0"], "--max-rows: 0 is out of range"),
+    (["--max-rows", "4,4"], "--max-rows: 4 is given twice"),
+    (["--url", "http://127.0.0.1:9", "--max-rows", "1,4"], "--max-rows sets up the servers"),
 ])
 def test_bench_serve_refuses_bad_input_before_starting_a_server(tmp_path, args, message):
     result = _run(*args, "--out", str(tmp_path / "results"), cwd=tmp_path, timeout=120)
@@ -112,7 +134,9 @@ def test_bench_serve_loads_a_running_server_given_by_url(server, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads((out / "bench-serve.json").read_text())
     assert document["run"]["started_server"] is False and document["run"]["url"] == server.url
-    [level] = document["levels"]
+    [one] = document["runs"]
+    assert one["max_rows"] is None and one["server_pid"] == server.process.pid
+    [level] = one["levels"]
     [request] = level["results"]
     assert level["ok"] == 1 and request["status"] == 200
     assert 1 <= request["frames"] <= server.max_frames
@@ -123,7 +147,7 @@ def test_bench_serve_loads_a_running_server_given_by_url(server, tmp_path):
                   "--out", str(out), cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "1 request(s) failed" in result.stderr
-    [level] = json.loads((out / "bench-serve.json").read_text())["levels"]
+    [level] = json.loads((out / "bench-serve.json").read_text())["runs"][0]["levels"]
     assert level["ok"] == 0 and level["errors"] == 1 and level["rejected"] == 0
     assert level["results"][0]["status"] == 401 and level["results"][0]["error"].startswith("HTTP 401")
     assert level["server_peak_rss_bytes"] is None and level["audio_seconds"] == 0
