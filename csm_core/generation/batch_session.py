@@ -36,7 +36,7 @@ from .embedder import FrameEmbedder
 from .frames import SilenceGuard, decode_frame
 from .prompt import Prompt, check_budget
 from .row_engines import row_engines
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, choose_with_noise, draw_noise, limit_logits, sample
 
 __all__ = ["BatchSession", "SessionFull"]
 
@@ -63,10 +63,25 @@ class _Row:
 
 
 def _sample_rows(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-    """Codes [n] from logits [n,V], row ``i`` drawn alone with its own parameters and generator."""
-    if all(row.sampling.greedy for row in rows) and len({row.sampling.code_limit for row in rows}) == 1:
-        return sample(logits, rows[0].sampling)
-    return torch.cat([sample(logits[i : i + 1], row.sampling, row.generator) for i, row in enumerate(rows)])
+    """Codes [n] from logits [n,V], each row's code the one :func:`sample` gives that row alone.
+
+    Rows that share their sampling parameters are chosen in one call: each row draws its own noise
+    [1,V] from its own generator (what ``sample`` draws for it alone), and the filters work row by row.
+    """
+    codes = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+    groups: dict[SamplingParams, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.sampling, []).append(i)
+    for params, members in groups.items():
+        index = torch.tensor(members, device=logits.device)
+        group = logits if len(members) == len(rows) else logits.index_select(0, index)
+        if params.greedy:
+            codes[index] = sample(group, params)
+            continue
+        group = limit_logits(group, params)
+        noise = torch.cat([draw_noise((1, group.shape[-1]), logits.device, rows[i].generator) for i in members])
+        codes[index] = choose_with_noise(group, params, noise)
+    return codes
 
 
 class BatchSession:

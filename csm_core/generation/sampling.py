@@ -19,7 +19,7 @@ import torch
 
 from csm_core.errors import CsmError
 
-__all__ = ["SamplingError", "SamplingParams", "sample", "filter_logits", "draw_noise", "choose_with_noise"]
+__all__ = ["SamplingError", "SamplingParams", "sample", "limit_logits", "filter_logits", "draw_noise", "choose_with_noise"]
 
 
 class SamplingError(CsmError, ValueError):
@@ -88,8 +88,8 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return scores
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Codes [B] int64 drawn from ``logits`` [B,V] under ``params`` (argmax when ``params.greedy``).
+def limit_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """``logits`` [B,V] cut to ``params.code_limit`` codes, after checking ``top_k`` against them.
 
     With a ``code_limit`` (a real model's sampling: the stage knows what its codec decodes), a
     ``top_k`` above the V codes the model scores raises :class:`SamplingError` naming ``--top-k``: the
@@ -105,8 +105,13 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
             f"top-k {k} is larger than the model's audio vocabulary of {vocabulary} codes: set --top-k "
             f"(generation.top_k, or the emotion map's top_k) to at most {vocabulary}"
         )
-    if params.code_limit is not None:
-        logits = logits[:, : params.code_limit]
+    return logits if params.code_limit is None else logits[:, : params.code_limit]
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Codes [B] int64 drawn from ``logits`` [B,V] under ``params`` (argmax when ``params.greedy``), after
+    :func:`limit_logits`. A draw takes one :func:`draw_noise` [B,V'] from ``generator``; greedy draws none."""
+    logits = limit_logits(logits, params)
     if params.greedy:
         return logits.argmax(dim=-1)
     return choose_with_noise(logits, params, draw_noise(logits.shape, logits.device, generator))

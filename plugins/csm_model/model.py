@@ -145,9 +145,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def grouped_attention(q, k_cache, v_cache, mask, scale: float | None = None) -> torch.Tensor:
-    """Grouped-query attention of ``q`` [B,H,T,hd] over caches [B,H_kv,L,hd] (``mask`` [B,1,T,L] bool)
-    -> [B,H,T,hd]. Each cache head serves ``H / H_kv`` query heads; ``scale`` None is 1/sqrt(hd)."""
-    groups = q.shape[1] // k_cache.shape[1]
+    """Grouped-query attention of ``q`` [B,H,T,hd] over caches [B,H_kv,L,hd] (``mask`` [B,1,T,L] bool
+    or None) -> [B,H,T,hd]. Each cache head serves ``H / H_kv`` query heads; ``scale`` None is 1/sqrt(hd)."""
+    b, heads, t, hd = q.shape
+    kv_heads = k_cache.shape[1]
+    groups = heads // kv_heads
+    if groups > 1 and not torch.compiler.is_exporting() and t == 1:
+        # A one-position step (every generation step): the query heads of one cache head become rows
+        # of that head's query [B,H_kv,groups,hd], so the caches are read as they are, not copied whole.
+        # (Exported graphs keep the plain form below: dynamic-length export cannot take this branch.)
+        q = q.reshape(b, kv_heads, groups, hd)
+        if mask is not None:
+            mask = mask.expand(mask.shape[0], mask.shape[1], groups, mask.shape[-1])
+        out = F.scaled_dot_product_attention(q, k_cache.to(q.dtype), v_cache.to(q.dtype), attn_mask=mask, scale=scale)
+        return out.reshape(b, heads, 1, hd)
     if groups > 1:
         k_cache = k_cache.repeat_interleave(groups, dim=1)
         v_cache = v_cache.repeat_interleave(groups, dim=1)
@@ -345,7 +356,13 @@ class Csm(nn.Module):
     def decoder_logits(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``x`` [B,T,D] (backbone width) at ``positions`` [B,T] -> logits [B,V] of codebook ``positions[:, -1]``."""
         hidden = self.decoder(self.projection(x), positions)[:, -1]  # [B, Ddec]
-        head = self.audio_head[positions[:, -1] - 1]  # [B, Ddec, V]
+        last = positions[:, -1]
+        if hidden.device.type == "cpu" and not torch.compiler.is_compiling() and bool((last == last[0]).all()):
+            # Every row at the same codebook (as in generation): one matmul with that head, instead of
+            # gathering a copy of the head per row. (Not on a GPU or under torch.compile, where the
+            # check itself would cost a synchronization or break the graph.)
+            return hidden @ self.audio_head[int(last[0]) - 1].to(hidden.dtype)
+        head = self.audio_head[last - 1]  # [B, Ddec, V]
         return torch.bmm(hidden.unsqueeze(1), head.to(hidden.dtype)).squeeze(1)
 
 

@@ -94,3 +94,31 @@ def test_csm_is_built_without_allocating_on_meta():
         model = Csm(CsmArgs())
     count = sum(p.numel() for p in model.parameters())
     assert 1.4e9 < count < 1.7e9  # CSM-1B: ~1.2B backbone + embeddings, ~0.1B decoder + heads
+
+
+def test_one_position_grouped_attention_reads_the_cache_as_the_plain_form_does():
+    """The step path (query heads folded onto their cache head) equals repeating the cache per head."""
+    import torch.nn.functional as F
+
+    from csm_model.model import grouped_attention
+
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(3, 8, 1, 16, generator=gen)
+    k, v = torch.randn(3, 2, 40, 16, generator=gen), torch.randn(3, 2, 40, 16, generator=gen)
+    mask = torch.arange(40)[None, None, None, :] <= torch.tensor([5, 17, 39])[:, None, None, None]  # [3,1,1,40]
+    plain = F.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1), attn_mask=mask)
+    torch.testing.assert_close(grouped_attention(q, k, v, mask), plain)
+    torch.testing.assert_close(grouped_attention(q, k, v, None),
+                               F.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)))
+
+
+def test_decoder_logits_are_the_same_for_rows_at_one_codebook_and_at_several(model):
+    """Rows at one codebook take that head once; rows at different codebooks gather a head each."""
+    TorchCsmEngines(model, batch_size=2)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1, 32, generator=gen)
+    with torch.inference_mode():
+        same = model.decoder_logits(x, torch.tensor([[2], [2]]))
+        mixed = model.decoder_logits(x, torch.tensor([[2], [3]]))
+    torch.testing.assert_close(mixed[0], same[0])
+    assert not torch.allclose(mixed[1], same[1])  # row 1 used codebook 3's head
