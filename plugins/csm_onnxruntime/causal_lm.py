@@ -15,26 +15,14 @@ import torch
 from csm_core.components import CausalLm
 from csm_core.records import StageContext
 from csm_core.generation.token_steps import TokenSteps, check_max_positions
-from csm_export.artifacts import ArtifactSpec, ensure_artifact, weights_hash
+from csm_export.artifacts import ensure_artifact, weights_hash
 from csm_onnxruntime.engines import bind_tensor, cache_dir, requested_device
-from csm_export.export import EXPORTER, OPSET
 from csm_export.graphs import cache_names
-from csm_export.lm_export import check_exportable, export_causal_lm, lm_cache_shape, lm_facts
+from csm_export.lm_export import check_exportable, export_causal_lm, lm_cache_shape
+from csm_export.specs import causal_lm_spec
 from csm_onnxruntime.session import SessionOptions, create_session, require_provider
 
-COMPONENT = "causal_lm"
 RUNNABLE_DTYPES = (torch.float32, torch.float16)  # the graph's float types
-
-
-def causal_lm_spec(model, max_positions: int, whash: str) -> ArtifactSpec:
-    """The artifact spec of ``model``'s graph with a cache of ``max_positions`` positions."""
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return ArtifactSpec(
-        component=COMPONENT,
-        weights_hash=whash,
-        export={"exporter": EXPORTER, "opset": OPSET, "batch_size": 1, "dtype": dtype},
-        facts={**lm_facts(model), "cache_size": max_positions},
-    )
 
 
 class OnnxCausalLm(TokenSteps):

@@ -16,9 +16,9 @@ import torch
 from csm_core.components import SpeechToText
 from csm_core.generation.token_steps import TokenSteps
 from csm_core.records import StageContext
-from csm_export.artifacts import ArtifactSpec, weights_hash
-from csm_export.export import EXPORTER, OPSET
+from csm_export.artifacts import weights_hash
 from csm_export.graphs import cache_names
+from csm_export.specs import whisper_spec
 from csm_export.whisper_export import (
     WHISPER_GRAPHS,
     cross_names,
@@ -26,25 +26,10 @@ from csm_export.whisper_export import (
     export_whisper_graph,
     feature_frames,
     self_cache_shape,
-    whisper_facts,
 )
 from csm_onnxruntime.engines import _open_graph, bind_tensor, requested_device
 
 RUNNABLE_DTYPES = (torch.float32, torch.float16)  # the graphs' float types
-
-
-def whisper_spec(model, graph: str, max_positions: int, whash: str) -> ArtifactSpec:
-    """The artifact spec of ``graph`` of ``model`` (the decoder's with a cache of ``max_positions``)."""
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    facts = whisper_facts(model)
-    if graph == "whisper_decoder":
-        facts["cache_size"] = max_positions
-    return ArtifactSpec(
-        component=graph,
-        weights_hash=whash,
-        export={"exporter": EXPORTER, "opset": OPSET, "batch_size": 1, "dtype": dtype},
-        facts=facts,
-    )
 
 
 def check_component(component: SpeechToText) -> int:

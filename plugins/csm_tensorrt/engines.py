@@ -10,16 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .runtime import GraphedStep, KvPingPong, TrtRunner, TrtRuntimeError, pair_state_names
-
-
-def _state_buffers(runner: TrtRunner, batch: int) -> KvPingPong:
-    pairs = pair_state_names(runner.inputs, runner.outputs)
-    shapes = {n: tuple(batch if (axis == 0 and d < 0) else d for axis, d in enumerate(runner.specs[n].shape)) for n in pairs}
-    for name, shape in shapes.items():
-        if any(d < 0 for d in shape):
-            raise TrtRuntimeError(f"{runner.name}: state input {name!r} has a dynamic length {shape}: caches must be static")
-    return KvPingPong(pairs, shapes, {n: runner.specs[n].dtype for n in pairs}, runner.device)
+from .runtime import GraphedStep, KvPingPong, TrtRunner, pair_state_names, state_buffers
 
 
 class _CachedGraph:
@@ -37,7 +28,7 @@ class _CachedGraph:
             raise ValueError(f"embeds must be [B,T,D] and positions [B,T], got {tuple(embeds.shape)} and {tuple(positions.shape)}")
         batch = embeds.shape[0]
         if self.state is None or next(iter(self.state.current.values())).shape[0] != batch:
-            self.state = _state_buffers(runner, batch)
+            self.state = state_buffers(runner, batch)
         inputs = {
             "inputs_embeds": embeds.to(runner.device, runner.specs["inputs_embeds"].dtype).contiguous(),
             "position_ids": positions.to(runner.device, torch.int64).contiguous(),

@@ -1,4 +1,6 @@
-"""Hooks of the in-tree TensorRT plugin: the ``tensorrt`` backend. Imports nothing heavy.
+"""Hooks of the in-tree TensorRT plugin: the ``tensorrt`` backend for ``csm``, ``codec``, ``causal_lm`` and
+``speech_to_text`` (every engine a default turn needs). Imports nothing heavy: the factories import the
+modules that do.
 
 Not yet verified on hardware: the build and run paths are written against the TensorRT 10.12+/11.x
 Python API and tested only where TensorRT and a CUDA GPU are present (tests marked ``tensorrt``/``gpu``).
@@ -55,6 +57,18 @@ def _codec_engine(model, context):
     return codec_engine(model, context)
 
 
+def _causal_lm_engine(component, context):
+    from .causal_lm import causal_lm_engine
+
+    return causal_lm_engine(component, context)
+
+
+def _speech_to_text_engine(component, context):
+    from .speech_to_text import speech_to_text_engine
+
+    return speech_to_text_engine(component, context)
+
+
 def _prepare(context, progress):
     """Export the ONNX graphs and build every engine for the configured models (``csmctl export``)."""
     check_tensorrt()
@@ -72,7 +86,8 @@ def register_backends(register):
     register(
         Backend(
             name="tensorrt",
-            engines={"csm": _csm_engines, "codec": _codec_engine},
+            engines={"csm": _csm_engines, "codec": _codec_engine, "causal_lm": _causal_lm_engine,
+                     "speech_to_text": _speech_to_text_engine},
             check=check_tensorrt,
             description="NVIDIA TensorRT engines built from the ONNX graphs (strongly typed; not yet verified on hardware)",
             devices=("cuda",),

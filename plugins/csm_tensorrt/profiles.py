@@ -2,11 +2,16 @@
 
 A TensorRT engine built from a graph with dynamic axes accepts any shape inside the ranges of its
 optimization profile and is tuned for the ``opt`` shape. The ranges come from the model's own limits
-(``max_seq_len``) and from the ``[options.tensorrt]`` table of the config (:class:`TrtOptions`).
+(``max_seq_len``: the CSM backbone's positions, or the cache size of a token decoder) and from the
+``[options.tensorrt]`` table of the config (:class:`TrtOptions`).
 
 Which range a dynamic axis takes is decided by the axis, not by the exporter's symbolic names: axis 0
-of every input is the batch; axis 1 of ``inputs_embeds``/``position_ids`` is the sequence; axis 2 of
-``pcm`` is samples and of ``codes`` frames. Any other dynamic axis is an error that names it.
+of every input is the batch; axis 1 of ``inputs_embeds``/``input_ids``/``position_ids`` is the sequence;
+axis 2 of ``pcm`` is samples and of ``codes`` frames. Any other dynamic axis is an error that names it.
+
+The token decoders (the reply LM's ``causal_lm`` graph, Whisper's ``whisper_decoder``) take 1..cache-size
+tokens per call and are tuned for one token: the step runs once per generated token, the prompt once per
+answer. Whisper's encoder and cross-attention graphs have static shapes (one 30 s window): no ranges.
 """
 
 from __future__ import annotations
@@ -22,11 +27,19 @@ BACKBONE_STEP = "backbone_step"
 DECODER_STEP = "decoder"  # the ONNX Runtime backend's graph name
 MIMI_ENCODER = "mimi_encoder"
 MIMI_DECODER_STEP = "mimi_decoder_step"
-COMPONENTS = (BACKBONE_PREFILL, BACKBONE_STEP, DECODER_STEP, MIMI_ENCODER, MIMI_DECODER_STEP)
+CAUSAL_LM = "causal_lm"  # the reply LM (csm_export.specs.CAUSAL_LM_GRAPH)
+WHISPER_ENCODER = "whisper_encoder"  # the transcriber's graphs (csm_export.whisper_export.WHISPER_GRAPHS)
+WHISPER_CROSS_KV = "whisper_cross_kv"
+WHISPER_DECODER = "whisper_decoder"
+WHISPER_COMPONENTS = (WHISPER_ENCODER, WHISPER_CROSS_KV, WHISPER_DECODER)
+TOKEN_DECODERS = (CAUSAL_LM, WHISPER_DECODER)  # input_ids [1,T] over a static cache of max_seq_len positions
+COMPONENTS = (BACKBONE_PREFILL, BACKBONE_STEP, DECODER_STEP, MIMI_ENCODER, MIMI_DECODER_STEP, CAUSAL_LM,
+              *WHISPER_COMPONENTS)
 
 # input name -> (axis, role) of its length axis; axis 0 of every input with rank >= 1 is "batch".
 LENGTH_AXES = {
     "inputs_embeds": (1, "sequence"),
+    "input_ids": (1, "sequence"),
     "position_ids": (1, "sequence"),
     "pcm": (2, "samples"),
     "codes": (2, "frames"),
@@ -108,11 +121,19 @@ class TrtOptions:
 def axis_ranges(
     component: str, options: TrtOptions, *, max_seq_len: int, samples_per_frame: int | None = None
 ) -> dict[str, AxisRange]:
-    """Role -> range for ``component``'s dynamic axes (roles: batch, sequence, samples, frames)."""
+    """Role -> range for ``component``'s dynamic axes (roles: batch, sequence, samples, frames).
+
+    ``max_seq_len`` is the CSM backbone's positions for the CSM graphs and the cache size (positions)
+    for the token decoders :data:`TOKEN_DECODERS`, whose sequence takes 1..max_seq_len, tuned for 1.
+    """
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}: choose one of {', '.join(COMPONENTS)}")
     ranges = {"batch": AxisRange(1, options.opt_batch_size, options.max_batch_size)}
-    if component == BACKBONE_PREFILL:
+    if component in TOKEN_DECODERS:
+        ranges["sequence"] = AxisRange(1, 1, max_seq_len)  # a prompt of any length that fits; tuned for a step
+    elif component in WHISPER_COMPONENTS:
+        pass  # static shapes: one window of features in, its encoder states / cross keys and values out
+    elif component == BACKBONE_PREFILL:
         longest = options.max_prefill_len if options.max_prefill_len is not None else max_seq_len
         if longest > max_seq_len:
             raise ConfigError(

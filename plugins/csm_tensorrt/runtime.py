@@ -171,6 +171,18 @@ class KvPingPong:
         self.parity = 0
 
 
+def state_buffers(runner: TrtRunner, batch: int) -> KvPingPong:
+    """:class:`KvPingPong` buffers for every state input of ``runner``'s engine (paired by
+    :func:`pair_state_names`), ``batch`` rows where axis 0 is dynamic; a state input with another
+    dynamic axis is an error (caches must have a static length)."""
+    pairs = pair_state_names(runner.inputs, runner.outputs)
+    shapes = {n: tuple(batch if (axis == 0 and d < 0) else d for axis, d in enumerate(runner.specs[n].shape)) for n in pairs}
+    for name, shape in shapes.items():
+        if any(d < 0 for d in shape):
+            raise TrtRuntimeError(f"{runner.name}: state input {name!r} has a dynamic length {shape}: caches must be static")
+    return KvPingPong(pairs, shapes, {n: runner.specs[n].dtype for n in pairs}, runner.device)
+
+
 class GraphedStep:
     """Replays one fixed-shape engine call as a CUDA graph: one graph per (input shapes, parity).
 
@@ -210,3 +222,11 @@ class GraphedStep:
             static_inputs[name].copy_(tensor)
         graph.replay()
         return result
+
+    def clear(self) -> None:
+        """Drop every captured graph: the next call of each key runs eagerly and captures again.
+
+        Call it before running the runner's execution context eagerly with other shapes: that call
+        sets new shapes and addresses on the context, and a graph is replayed only while the context
+        is as it was captured."""
+        self._graphs.clear()

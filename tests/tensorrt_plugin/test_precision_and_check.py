@@ -132,7 +132,8 @@ def test_registered_backend_record():
     plugin.register_backends(records.append)
     (backend,) = records
     assert backend.name == "tensorrt" and backend.devices == ("cuda",) and backend.prepare is not None
-    assert set(backend.engines) == {"csm", "codec"} and backend.check is plugin.check_tensorrt
+    assert set(backend.engines) == {"csm", "codec", "causal_lm", "speech_to_text"}
+    assert backend.check is plugin.check_tensorrt
 
 
 def test_doctor_lists_the_tensorrt_distribution():
