@@ -164,6 +164,10 @@ class CodecEngine(Protocol):
         successive calls equals :meth:`decode` of the concatenated codes.
         """
 
+    # Optional: ``decode_rows(codes [n,K,F], states) -> (pcm [n,1,...], states)`` decodes n independent
+    # streams (one single-stream state each, each at its own position) in one call; continuous batching
+    # uses it where the codec offers it, and calls decode_step per row where it does not.
+
 
 @dataclass(frozen=True)
 class CausalLm:

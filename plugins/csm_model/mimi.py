@@ -24,7 +24,7 @@ from transformers import MimiConfig, MimiModel
 from csm_core.errors import CsmError
 from csm_core.hf_cache import hf_hub_cache_dir
 from csm_model.hf_compat import mimi_codebooks, mimi_encode_streaming, reset_codebook_caches
-from csm_model.mimi_streaming import MimiDecoderState, MimiStreamingDecoder
+from csm_model.mimi_streaming import MimiDecoderState, MimiStreamingDecoder, split_state, stack_states
 
 __all__ = [
     "MIMI_PRESETS",
@@ -256,6 +256,19 @@ class TorchMimi:
                 "use init_state(batch_size) with the batch size you decode"
             )
         return self._streamer().step(codes, state)
+
+    def decode_rows(self, codes: torch.Tensor, states: list[MimiDecoderState]) -> tuple[torch.Tensor, list[MimiDecoderState]]:
+        """:meth:`decode_step` of several independent streams in one call: ``codes`` [n,K,F], ``states``
+        one single-stream state each (streams that started at different times: each keeps its own
+        position) -> (pcm [n,1,F*samples_per_frame], their next states). Row ``i`` equals
+        ``decode_step(codes[i:i+1], states[i])`` up to float rounding of the batched kernels."""
+        if len(states) != codes.shape[0] or any(not isinstance(s, MimiDecoderState) or s.batch_size != 1 for s in states):
+            raise ValueError(f"decode_rows: give one single-stream state per row of codes ({codes.shape[0]} rows)")
+        if len(states) == 1:
+            pcm, state = self.decode_step(codes, states[0])
+            return pcm, [state]
+        pcm, state = self._streamer().step(self._check_codes(codes), stack_states(states))
+        return pcm, split_state(state)
 
     def _streamer(self) -> MimiStreamingDecoder:
         if self._streaming is None:

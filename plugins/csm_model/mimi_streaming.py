@@ -187,6 +187,40 @@ class MimiStreamingDecoder:
         return x, new_state
 
 
+def stack_states(states: list[MimiDecoderState]) -> MimiDecoderState:
+    """One state for several streams, each at its own position (``position`` [n]): their tensors
+    concatenated along the batch. :func:`split_state` takes it apart again."""
+    first = states[0]
+
+    def cat(values: list[torch.Tensor], dim: int) -> torch.Tensor:
+        return values[0] if len(values) == 1 else torch.cat(values, dim=dim)
+
+    return MimiDecoderState(
+        upsample_tail=cat([s.upsample_tail for s in states], 0),
+        keys=cat([s.keys for s in states], 1),
+        values=cat([s.values for s in states], 1),
+        position=torch.cat([s.position.reshape(-1) for s in states]),
+        conv_context=tuple(cat([s.conv_context[i] for s in states], 0) for i in range(len(first.conv_context))),
+        convtr_tail=tuple(cat([s.convtr_tail[i] for s in states], 0) for i in range(len(first.convtr_tail))),
+    )
+
+
+def split_state(state: MimiDecoderState) -> list[MimiDecoderState]:
+    """The streams of a :func:`stack_states` state, one state each (views, position [] each)."""
+    position = state.position.reshape(-1).expand(state.batch_size)
+    return [
+        MimiDecoderState(
+            upsample_tail=state.upsample_tail[i : i + 1],
+            keys=state.keys[:, i : i + 1],
+            values=state.values[:, i : i + 1],
+            position=position[i],
+            conv_context=tuple(t[i : i + 1] for t in state.conv_context),
+            convtr_tail=tuple(t[i : i + 1] for t in state.convtr_tail),
+        )
+        for i in range(state.batch_size)
+    ]
+
+
 # --------------------------------------------------------------------------- shared with the encoder
 def check_batch_size(batch_size) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -207,18 +241,21 @@ def transformer_step(transformer, window: int | None, hidden: torch.Tensor, keys
     ``hidden`` [B,T,D] holds positions ``position..position+T-1``; ``keys``/``values``
     [L,B,H_kv,C,head_dim] those of the ``C`` positions before (rotary applied, oldest first, zeros and
     masked out before position 0). Returns (hidden [B,T,D], keys, values, position + T), the caches
-    keeping the last ``C`` positions (all of them when ``window`` is None).
+    keeping the last ``C`` positions (all of them when ``window`` is None). ``position`` is [] (every row
+    at the same position) or [B] (each row at its own: streams that started at different times).
     """
     T = hidden.shape[1]
     cached = keys.shape[3]
-    position_ids = position + torch.arange(T, device=hidden.device)
-    cos, sin = transformer.rotary_emb(hidden, position_ids[None])
+    start = position.reshape(-1, 1)  # [1,1] or [B,1]
+    position_ids = start + torch.arange(T, device=hidden.device)  # [1|B, T]
+    cos, sin = transformer.rotary_emb(hidden, position_ids)
     # Absolute positions of the keys attended to: the cached slots, then the new positions.
-    key_pos = position - cached + torch.arange(cached + T, device=hidden.device)
-    query_pos = position_ids[:, None]
-    allowed = (key_pos[None, :] >= 0) & (key_pos[None, :] <= query_pos)
+    key_pos = (start - cached + torch.arange(cached + T, device=hidden.device))[:, None, :]  # [1|B, 1, C+T]
+    query_pos = position_ids[:, :, None]  # [1|B, T, 1]
+    allowed = (key_pos >= 0) & (key_pos <= query_pos)
     if window is not None:
-        allowed &= key_pos[None, :] > query_pos - window  # as transformers' sliding_window_overlay
+        allowed &= key_pos > query_pos - window  # as transformers' sliding_window_overlay
+    allowed = allowed[:, None]  # [1|B, 1, T, C+T]
     new_keys, new_values = [], []
     for i, layer in enumerate(transformer.layers):
         hidden, k, v = _layer_step(layer, hidden, cos, sin, keys[i], values[i], allowed)

@@ -238,14 +238,32 @@ class SpeechSession:
         self._states.pop(slot, None)
 
     def step(self) -> dict[int, SpeechChunk | None]:
+        """One frame for every active row, decoded to audio: ``{slot: chunk}``, None for a row that ended.
+
+        The rows' frames are decoded together where the codec offers ``decode_rows`` (each row with its
+        own streaming state and position), else one row at a time."""
         out: dict[int, SpeechChunk | None] = {}
+        frames: dict[int, torch.Tensor] = {}
         for slot, frame in self.session.step().items():
             if frame is None:
                 self._states.pop(slot, None)
                 out[slot] = None
-                continue
-            pcm, self._states[slot] = self.speaker.codec.decode_step(frame.view(1, -1, 1), self._states[slot])
-            out[slot] = SpeechChunk(samples=pcm[0, 0].float().cpu().numpy(),
-                                    codes=frame.cpu().numpy().astype(np.int64)[:, None])
+            else:
+                frames[slot] = frame
+        if frames:
+            slots = list(frames)
+            codec = self.speaker.codec
+            decode_rows = getattr(codec, "decode_rows", None)
+            codes = torch.stack([frames[slot] for slot in slots])[:, :, None]  # [n,K,1]
+            if decode_rows is not None and len(slots) > 1:
+                pcm, states = decode_rows(codes, [self._states[slot] for slot in slots])
+            else:
+                decoded = [codec.decode_step(codes[i : i + 1], self._states[slot]) for i, slot in enumerate(slots)]
+                pcm, states = torch.cat([p for p, _ in decoded]), [state for _, state in decoded]
+            samples = pcm[:, 0].float().cpu().numpy()
+            all_codes = codes.cpu().numpy().astype(np.int64)
+            for i, slot in enumerate(slots):
+                self._states[slot] = states[i]
+                out[slot] = SpeechChunk(samples=samples[i], codes=all_codes[i])
         self.speaker.context.safe_point(self.speaker.device)
         return out

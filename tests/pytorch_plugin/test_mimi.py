@@ -300,3 +300,34 @@ def test_bad_state_and_settings_are_rejected(model, codec):
         codec.init_state(0)
     with pytest.raises(ValueError, match=r"num_codebooks must be an int in \[1, 32\].*33"):
         TorchMimi(model, num_codebooks=33)
+
+
+@pytest.mark.parametrize("window", [None, 2])
+def test_decode_rows_of_streams_that_started_at_different_times_equals_each_alone(codec, window):
+    """Three streams at positions 5, 2 and 0 frames (window 2: past the sliding window) decoded together,
+    frame after frame, give each stream's own decode_step output and state."""
+    if window is not None:
+        cfg = mimi_config("tiny")
+        cfg.sliding_window = window
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            codec = TorchMimi(MimiModel(cfg).eval())
+    histories = [random_codes(1, n, seed=10 + n) for n in (5, 2, 0)]
+    states = []
+    for history in histories:
+        state = codec.init_state(1)
+        if history.shape[-1]:
+            _, state = codec.decode_step(history, state)
+        states.append(state)
+    alone = list(states)
+    for frame in range(3):
+        codes = random_codes(3, 1, seed=20 + frame)
+        pcm, states = codec.decode_rows(codes, states)
+        assert pcm.shape == (3, 1, FRAME)
+        for i in range(3):
+            expected, alone[i] = codec.decode_step(codes[i : i + 1], alone[i])
+            assert_close_rel(pcm[i : i + 1], expected)
+            assert int(states[i].position) == int(alone[i].position)
+            assert_close_rel(states[i].keys, alone[i].keys)
+    with pytest.raises(ValueError, match="one single-stream state per row"):
+        codec.decode_rows(random_codes(2, 1, seed=1), states)
