@@ -241,8 +241,8 @@ def read_metrics(url: str) -> dict | None:
 
 
 def metrics_delta(url: str, before: dict | None, expected_done: int, wait_s: float = 3.0) -> dict | None:
-    """The change of the metrics since ``before``; waits (bounded) for the worker to count the jobs it
-    finished, since it counts a job just after the job's last bytes went out."""
+    """The change of the metrics since ``before``; waits (bounded) until the jobs the clients saw end are
+    counted (the worker counts a job before its last event; the wait covers a server of another version)."""
     if before is None:
         return None
     deadline = time.monotonic() + wait_s

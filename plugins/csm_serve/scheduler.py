@@ -402,9 +402,11 @@ class Scheduler:
         self._finish(job, event, outcome)
 
     def _finish(self, job: Job, event: Event, outcome: str) -> None:
+        """Record the job (metrics, logs), then deliver its last event: a client that reads ``/metrics``
+        after its response has ended sees its request counted."""
         job.outcome = outcome
-        job.post(event)
         try:
             self._on_finish(job)
         except Exception:  # noqa: BLE001 - metrics must never take the worker down
             log.exception("recording request %s failed", job.id)
+        job.post(event)

@@ -43,7 +43,8 @@ def counters(server) -> tuple[float, float, float]:
 
 def counted(server, before: tuple[float, float, float], requests: int) -> int:
     """The frames the server generated since ``before``, once /metrics has counted ``requests`` more requests
-    and jobs (both are counted just after the last byte is sent, so a fast client can ask a moment early)."""
+    and jobs (a job is counted before its last event goes out, but the request counter only once the response
+    has been sent, so a fast client can ask a moment early)."""
     deadline = time.monotonic() + 10
     while True:
         now = counters(server)

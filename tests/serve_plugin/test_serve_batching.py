@@ -4,6 +4,7 @@ a cancelled row's slot goes to the waiting job at the next frame, other kinds of
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -111,3 +112,29 @@ def test_rows_batch_a_cancelled_slot_is_reused_within_a_frame_and_others_run_alo
     c_started = next(i for i, names in enumerate(steps) if "c" in names)
     assert cancelled_at is None or c_started <= cancelled_at  # never a frame with a's row idle while c waits
     assert seen[-1] == "voice" and max(batches) == 2 and batches[-1] == 0
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_job_is_counted_before_its_last_event_is_delivered(rows):
+    """A client that reads /metrics right after its response ended sees its request counted."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        finished: list[str] = []
+        def record(job):  # a slow recorder: delivering before recording would let the client see stale counts
+            time.sleep(0.2)
+            finished.append(job.id)
+
+        scheduler = Scheduler(lambda: FakePipeline(rows), max_queue=4, max_rows=rows, on_finish=record)
+        jobs = [speech_job(name, 2, []) if rows > 1 else Job("voice", lambda p, control: "ok") for name in "ab"]
+        for job in jobs:
+            scheduler.submit(job, loop)
+        scheduler.start()
+        counted_when_done = []
+        for job in jobs:
+            while not isinstance(await job.next(), Done):
+                pass
+            counted_when_done.append(job.id in finished)
+        scheduler.close()
+        return counted_when_done
+
+    assert asyncio.run(scenario()) == [True, True]
