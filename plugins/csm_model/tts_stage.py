@@ -16,8 +16,10 @@ one request at a time. The stage claims the ``position_window`` and ``batch`` ca
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -138,7 +140,7 @@ class CsmSpeaker:
             self.context.report(f"csm: KV caches re-allocated for {rows} rows (continuous batching)")
             self.engines = engines
         session = BatchSession(engines, self.embedder, rows, SilenceGuard(self.settings.generation.max_silent_frames))
-        return SpeechSession(self, session)
+        return SpeechSession(self, session, pipelined=self.options.pipelined_decoding)
 
     def speak_batch(self, requests: Sequence[SpeechRequest]) -> Iterator[tuple[int, SpeechChunk]]:
         """Speak several requests together on a continuous-batching session (:meth:`open_session`); yields
@@ -179,48 +181,64 @@ class CsmSpeaker:
                 "false), or remove 'batched-generation' from optimizers (generation.max_batch) to speak one by one"
             ) from None
         waiting = deque(enumerate(zip(requests, prompts)))
-        owner: dict[int, int] = {}  # session slot -> row (index into requests)
+        owner: dict[int, int] = {}  # session row -> index into requests
         made = [0] * len(requests)  # frames each row has made
-        while waiting or len(session):
-            while waiting and session.free:  # at a frame boundary: fill the free slots, in row order
-                row, (request, prompt) = waiting.popleft()
-                try:
-                    owner[session.add(request, prompt=prompt)] = row
-                except CsmError as exc:
-                    raise CsmError(f"speak_batch: request {row}: {exc}") from None
-            live = []
-            for slot, chunk in session.step().items():
-                row = owner[slot]
-                if chunk is not None:
-                    live.append((row, chunk))
-                    made[row] += 1
-                if chunk is None or made[row] == requests[row].params.max_frames:
-                    session.remove(slot)  # done: the slot is free for a waiting request at once
-                    del owner[slot]
-            yield from sorted(live, key=lambda item: item[0])
+        try:
+            while waiting or len(session):
+                while waiting and session.free:  # at a frame boundary: fill the free slots, in row order
+                    row, (request, prompt) = waiting.popleft()
+                    try:
+                        owner[session.add(request, prompt=prompt)] = row
+                    except CsmError as exc:
+                        raise CsmError(f"speak_batch: request {row}: {exc}") from None
+                live = []
+                for slot, chunk in session.step().items():
+                    row = owner[slot]
+                    if chunk is not None:
+                        live.append((row, chunk))
+                        made[row] += 1
+                    if chunk is None or made[row] == requests[row].params.max_frames:
+                        session.remove(slot)  # done: the slot is free for a waiting request at once
+                        del owner[slot]
+                yield from sorted(live, key=lambda item: item[0])
+        finally:
+            session.close()
 
 
 class SpeechSession:
     """Continuous batching on the ``csm`` stage: a :class:`~csm_core.generation.batch_session.BatchSession`
-    plus a streaming Mimi state per row. ``add(request) -> slot``, ``step() -> {slot: SpeechChunk or None}``
-    (None: the row ended, its slot is free), ``remove(slot)``. Each row's audio is decoded as its frame is
-    made, with its own decoder state, so a row's chunks are those :meth:`CsmSpeaker.speak` gives."""
+    plus a streaming Mimi state per row. ``add(request) -> row``, ``step() -> {row: SpeechChunk or None}``
+    (None: the row ended), ``remove(row)``. Each row's audio is decoded with its own decoder state, so a
+    row's chunks are those :meth:`CsmSpeaker.speak` gives.
 
-    def __init__(self, speaker: CsmSpeaker, session: BatchSession) -> None:
+    A row is a handle of its own, never reused (a KV-cache slot is, as soon as its row has ended), so
+    a late chunk can never be taken for another request's. With ``pipelined`` (``options.csm.pipelined_decoding``)
+    the frames a step makes are decoded to audio on a worker thread while the next step generates:
+    :meth:`step` returns the audio of the frames made by the call before it (one frame later; identical
+    codes and audio), and a row's end comes after its last chunk, as without pipelining.
+    """
+
+    def __init__(self, speaker: CsmSpeaker, session: BatchSession, pipelined: bool = False) -> None:
         self.speaker, self.session = speaker, session
         self.rows = session.rows
-        self._states: dict[int, object] = {}
+        self._handles = itertools.count()
+        self._row_of_slot: dict[int, int] = {}  # the KV-cache slot of a live row -> the row
+        self._states: dict[int, object] = {}  # row -> its streaming Mimi state (until it ends or is removed)
+        self._pending: list[tuple[int, torch.Tensor | None]] = []  # made by the last step, not decoded yet
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="csm-mimi") if pipelined else None
 
     @property
     def free(self) -> int:
+        """KV-cache slots free for :meth:`add` now."""
         return self.session.free
 
     def __len__(self) -> int:
-        return len(self.session)
+        """Rows added whose end has not been returned by :meth:`step` (nor removed)."""
+        return len(self._states)
 
     def add(self, request: SpeechRequest, *, prompt: Prompt | None = None) -> int:
-        """Prefill ``request`` into a free slot; it speaks from the next :meth:`step`. Raises
-        :class:`CsmError` for a request that cannot be spoken (and SessionFull when no slot is free).
+        """Prefill ``request`` into a free slot; it speaks from the next :meth:`step`; returns its row.
+        Raises :class:`CsmError` for a request that cannot be spoken (and SessionFull when no slot is free).
         ``prompt``: the request's prompt when the caller has built it already (``CsmSpeaker._prompt``)."""
         speaker = self.speaker
         prompt = speaker._prompt(request) if prompt is None else prompt
@@ -230,40 +248,71 @@ class SpeechSession:
                                     seed=params.seed)
         except ValueError as exc:
             raise CsmError(str(exc)) from None
-        self._states[slot] = speaker.codec.init_state(1)
-        return slot
+        row = next(self._handles)
+        self._row_of_slot[slot] = row
+        self._states[row] = speaker.codec.init_state(1)
+        return row
 
-    def remove(self, slot: int) -> None:
-        self.session.remove(slot)
-        self._states.pop(slot, None)
+    def remove(self, row: int) -> None:
+        """Drop ``row`` (cancelled, failed, or done by its caller); nothing more comes for it."""
+        for slot, live in list(self._row_of_slot.items()):
+            if live == row:
+                del self._row_of_slot[slot]
+                self.session.remove(slot)
+        self._states.pop(row, None)
+
+    def close(self) -> None:
+        """Stop the decoding worker (pipelined sessions)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
 
     def step(self) -> dict[int, SpeechChunk | None]:
-        """One frame for every active row, decoded to audio: ``{slot: chunk}``, None for a row that ended.
+        """One frame for every active row, decoded to audio: ``{row: chunk}``, None for a row that ended.
 
         The rows' frames are decoded together where the codec offers ``decode_rows`` (each row with its
         own streaming state and position), else one row at a time."""
-        out: dict[int, SpeechChunk | None] = {}
-        frames: dict[int, torch.Tensor] = {}
+        if self._worker is None:
+            out = self._decode(self._generate())
+        else:  # decode the last step's frames on the worker while this step generates
+            pending, self._pending = self._pending, []
+            decoding = self._worker.submit(self._decode, pending) if pending else None
+            made = self._generate()
+            out = decoding.result() if decoding is not None else {}
+            self._pending = made
+        self.speaker.context.safe_point(self.speaker.device)
+        return out
+
+    def _generate(self) -> list[tuple[int, torch.Tensor | None]]:
+        made = []
         for slot, frame in self.session.step().items():
+            row = self._row_of_slot[slot]
             if frame is None:
-                self._states.pop(slot, None)
-                out[slot] = None
-            else:
-                frames[slot] = frame
+                del self._row_of_slot[slot]  # the slot is free; the row ends once its frames are decoded
+            made.append((row, frame))
+        return made
+
+    def _decode(self, made: list[tuple[int, torch.Tensor | None]]) -> dict[int, SpeechChunk | None]:
+        """Audio of ``made`` frames, in one codec call where the codec allows; rows removed meanwhile are skipped."""
+        out: dict[int, SpeechChunk | None] = {}
+        live = [(row, frame) for row, frame in made if row in self._states]
+        frames = [(row, frame) for row, frame in live if frame is not None]
         if frames:
-            slots = list(frames)
             codec = self.speaker.codec
             decode_rows = getattr(codec, "decode_rows", None)
-            codes = torch.stack([frames[slot] for slot in slots])[:, :, None]  # [n,K,1]
-            if decode_rows is not None and len(slots) > 1:
-                pcm, states = decode_rows(codes, [self._states[slot] for slot in slots])
+            codes = torch.stack([frame for _, frame in frames])[:, :, None]  # [n,K,1]
+            states = [self._states[row] for row, _ in frames]
+            if decode_rows is not None and len(frames) > 1:
+                pcm, states = decode_rows(codes, states)
             else:
-                decoded = [codec.decode_step(codes[i : i + 1], self._states[slot]) for i, slot in enumerate(slots)]
+                decoded = [codec.decode_step(codes[i : i + 1], state) for i, state in enumerate(states)]
                 pcm, states = torch.cat([p for p, _ in decoded]), [state for _, state in decoded]
             samples = pcm[:, 0].float().cpu().numpy()
             all_codes = codes.cpu().numpy().astype(np.int64)
-            for i, slot in enumerate(slots):
-                self._states[slot] = states[i]
-                out[slot] = SpeechChunk(samples=samples[i], codes=all_codes[i])
-        self.speaker.context.safe_point(self.speaker.device)
+            for i, (row, _) in enumerate(frames):
+                self._states[row] = states[i]
+                out[row] = SpeechChunk(samples=samples[i], codes=all_codes[i])
+        for row, frame in live:
+            if frame is None:
+                self._states.pop(row, None)
+                out[row] = None
         return out

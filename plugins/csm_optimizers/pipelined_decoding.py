@@ -13,7 +13,8 @@ producer before its next frame.
 Gain: the time of the two halves overlaps where they can run at once: on a CPU, while the cores are
 not all busy with one of them (torch's and Mimi's ops release the GIL); on a GPU, where launching
 kernels from one Python thread is what limits a small batch. Applies to one-by-one speaking
-(``speak``); batched speaking (``speak_batch``) decodes in line.
+(``speak``) and to continuous batching (``SpeechSession``: the server's rows and ``speak_batch``), where
+a step decodes the previous step's frames on a worker thread while it generates the next ones.
 """
 
 from __future__ import annotations

@@ -282,6 +282,9 @@ class Scheduler:
                     self._step()
         finally:
             self._end_rows(Cancelled("the server is shutting down"), "cancelled")
+            close = getattr(self._session, "close", None)
+            if close is not None:
+                close()
 
     def _open_session(self) -> None:
         stage = self.pipeline.stage("tts")

@@ -119,6 +119,34 @@ def test_rows_keep_their_own_params_and_seed_and_later_rows_join_as_rows_free_up
     assert not np.array_equal(rows[0][0], np.concatenate([c.codes for c in other_seed], axis=1))  # seeds matter
 
 
+def test_pipelined_batches_give_the_same_codes_and_audio_one_step_later():
+    """With pipelined-decoding, a step returns the audio of the frames the step before it made (decoded on
+    a worker thread while the next frames are generated): every row's codes are those of the in-line
+    session, rows joining as others end included, and its audio too, to the float rounding of decoding
+    it beside other rows (which rows share a decode call can differ by a step)."""
+    requests = [
+        SpeechRequest(TEXTS[0], 0, SpeechParams(0.9, 20, 1.0, FRAMES - 3, seed=11)),
+        SpeechRequest(TEXTS[1], 0, SpeechParams(0.0, 50, 1.0, FRAMES + 2, seed=0)),
+        SpeechRequest(TEXTS[2], 0, SpeechParams(1.3, 50, 0.9, FRAMES, seed=12)),
+    ]
+    options = {"batched-generation": {"max_batch": 2}}
+    with pipeline(optimizers=["batched-generation"], options=options) as p:
+        inline = speak_rows(p.stage("tts"), requests)
+    with pipeline(optimizers=["batched-generation", "pipelined-decoding"], options=options) as p:
+        speaker = p.stage("tts")
+        session = speaker.open_session(2)
+        first = session.add(requests[1])
+        assert session.step() == {}  # the first frame is being made; its audio comes with the next step
+        assert list(session.step()) == [first]
+        session.remove(first)
+        assert len(session) == 0 and session.step() == {}  # a removed row's late frame is dropped
+        session.close()
+        pipelined = speak_rows(speaker, requests)
+    for (codes, samples), (want_codes, want_samples) in zip(pipelined, inline):
+        assert np.array_equal(codes, want_codes)
+        np.testing.assert_allclose(samples, want_samples, atol=1e-4, rtol=0)
+
+
 def test_optimizer_switches_the_path_but_not_the_codes():
     with pipeline() as p:
         sequential = speak_many(p, TEXTS, context=())
