@@ -6,6 +6,9 @@ Strings look like the flags of ``csmctl bench``::
 
 Commas separate the entries of each axis; ``+`` joins optimizers that run together in one set; ``none``
 is the empty set (the unoptimized baseline that the quality of every other set is measured against).
+An optimizer may carry options of its own for that cell, ``name:key=value[:key=value]`` (for example
+``weight-quantization:bits=8,weight-quantization:bits=4`` gives two rows); they are set as
+``options.<name>.<key>`` over the config file's.
 Names are checked for syntax here; whether a backend or optimizer is registered, and whether it can run
 on this machine, is decided per cell by the runner, which skips the cell with the reason.
 """
@@ -32,11 +35,22 @@ class Cell:
     preset: str
     backend: str
     optimizers: tuple[str, ...] = ()
+    options: tuple[tuple[str, str, str], ...] = ()  # (optimizer, key, value) given in --optimizers
 
     @property
     def optimizer_label(self) -> str:
-        """``none`` or the optimizer names joined by ``+``, as on the command line."""
-        return "+".join(self.optimizers) or NONE
+        """``none`` or the optimizer names joined by ``+`` (each with its ``:key=value`` options), as on
+        the command line."""
+        return "+".join(
+            name + "".join(f":{key}={value}" for owner, key, value in self.options if owner == name)
+            for name in self.optimizers
+        ) or NONE
+
+    @property
+    def option_overrides(self) -> dict[str, object]:
+        """The cell's optimizer options as setting overrides ``{"options.<name>.<key>": value}`` (numbers
+        and true/false parsed, anything else a string)."""
+        return {f"options.{name}.{key}": _value(value) for name, key, value in self.options}
 
     @property
     def is_baseline(self) -> bool:
@@ -52,6 +66,32 @@ class Cell:
         return Cell(self.preset, self.backend, ())
 
 
+def _value(text: str) -> object:
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _optimizer_with_options(part: str, entry: str, option: str) -> tuple[str, tuple[tuple[str, str, str], ...]]:
+    """``"name:key=value:key2=value2"`` -> (name, ((name, key, value), ...))."""
+    name, *settings = (piece.strip() for piece in part.split(":"))
+    options = []
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals or not key.strip() or not value.strip():
+            raise BenchInputError(f"{option}: {entry!r}: {setting!r} is not key=value (give e.g. "
+                                  f"{name}:bits=4)")
+        options.append((name, key.strip(), value.strip()))
+    if len({key for _, key, _ in options}) != len(options):
+        raise BenchInputError(f"{option}: {entry!r} sets an option of {name!r} twice")
+    return name, tuple(options)
+
+
 def split_names(value: str, option: str) -> list[str]:
     """``"a, b"`` -> ``["a", "b"]``; an empty entry or a repeated name raises naming ``option``."""
     names = [part.strip() for part in value.split(",")]
@@ -63,21 +103,27 @@ def split_names(value: str, option: str) -> list[str]:
     return names
 
 
-def parse_optimizer_sets(value: str, option: str = "--optimizers") -> list[tuple[str, ...]]:
-    """``"none,a,a+b"`` -> ``[(), ("a",), ("a", "b")]``."""
-    sets: list[tuple[str, ...]] = []
+def parse_optimizer_sets(value: str, option: str = "--optimizers") -> list[tuple[tuple[str, ...], tuple]]:
+    """``"none,a,a+b:k=1"`` -> ``[((), ()), (("a",), ()), (("a", "b"), (("b", "k", "1"),))]``: each set's
+    optimizer names and the options given to them."""
+    sets: list[tuple[tuple[str, ...], tuple]] = []
     for entry in split_names(value, option):
-        names = tuple(part.strip() for part in entry.split("+"))
-        if any(not name for name in names):
+        parts = [part.strip() for part in entry.split("+")]
+        if any(not part for part in parts):
             raise BenchInputError(f"{option}={value!r}: {entry!r} has an empty name around '+'")
-        if NONE in names and len(names) > 1:
+        parsed = [_optimizer_with_options(part, entry, option) for part in parts]
+        names = tuple(name for name, _ in parsed)
+        options = tuple(setting for _, settings in parsed for setting in settings)
+        if any(not name for name in names):
+            raise BenchInputError(f"{option}={value!r}: {entry!r} has an empty optimizer name before ':'")
+        if NONE in names and (len(names) > 1 or options):
             raise BenchInputError(f"{option}={value!r}: {entry!r} combines 'none' with optimizers; list 'none' alone")
         if len(set(names)) != len(names):
             raise BenchInputError(f"{option}={value!r}: {entry!r} names an optimizer twice")
         optimizers = () if names == (NONE,) else names
-        if optimizers in sets:
+        if (optimizers, options) in sets:
             raise BenchInputError(f"{option}={value!r}: the set {entry!r} is listed more than once")
-        sets.append(optimizers)
+        sets.append((optimizers, options))
     return sets
 
 
@@ -94,9 +140,9 @@ def parse_matrix(backends: str, optimizers: str, presets: str, known_presets: It
             raise UnknownNameError("preset", name, known, "Pass one of them to --presets")
     sets = parse_optimizer_sets(optimizers)
     cells = [
-        Cell(preset, backend, optimizer_set)
+        Cell(preset, backend, optimizer_set, options)
         for preset in preset_names
         for backend in split_names(backends, "--backends")
-        for optimizer_set in sorted(sets, key=lambda s: (len(s) > 0,))  # stable: baseline first
+        for optimizer_set, options in sorted(sets, key=lambda s: (len(s[0]) > 0,))  # stable: baseline first
     ]
     return cells

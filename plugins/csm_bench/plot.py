@@ -36,7 +36,7 @@ def plot(document: dict, path: Path) -> Path:
                          label=backend if backend not in backends_of_bars else None)
                 axis.annotate(f"{fps:.1f}", (x, fps), ha="center", va="bottom", fontsize=7)
                 ticks.append(x)
-                labels.append("+".join(cell["optimizers"]) or "none")
+                labels.append(cell.get("label") or "+".join(cell["optimizers"]) or "none")
                 backends_of_bars.append(backend)
                 x += 1.0
             x += 0.6  # a gap between backends

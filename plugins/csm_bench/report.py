@@ -4,7 +4,8 @@ JSON (``schema: "csm-multi-bench/1"``)::
 
     {"schema", "created", "machine": {cpu, cores, versions, gpu, ...},
      "run": {frames, repeats, warmup, utterances, text, seed, threads, device, bandwidth_gbs},
-     "cells": [{"id", "preset", "backend", "optimizers": [...], "status": "ok"|"skipped"|"error",
+     "cells": [{"id", "preset", "backend", "optimizers": [...], "label" (with ``:key=value`` options),
+                "options": {"options.<name>.<key>": value}, "status": "ok"|"skipped"|"error",
                 "reason", "precision", "effects": {optimizer: "exact"|"approximate"},
                 "figures": {frames, frames_per_second, real_time_factor, time_to_first_audio_s,
                             stage_seconds: {stage: s}, load_seconds, peak_rss_bytes, added_rss_bytes,
@@ -130,7 +131,7 @@ NOTE_CHARS = 160
 
 
 def _row(cell: dict, cells: list[dict]) -> str:
-    label = "+".join(cell["optimizers"]) or "none"
+    label = cell.get("label") or "+".join(cell["optimizers"]) or "none"
     if cell["effects"]:
         label += " (" + ", ".join(f"{e}" for e in dict.fromkeys(cell["effects"].values())) + ")"
     if cell["status"] != "ok":

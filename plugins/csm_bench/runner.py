@@ -67,7 +67,8 @@ class CellResult:
     def to_dict(self) -> dict:
         return {
             "id": self.cell.id, "preset": self.cell.preset, "backend": self.cell.backend,
-            "optimizers": list(self.cell.optimizers), "status": self.status, "reason": self.reason,
+            "optimizers": list(self.cell.optimizers), "label": self.cell.optimizer_label,
+            "options": self.cell.option_overrides, "status": self.status, "reason": self.reason,
             "precision": self.precision, "effects": self.effects, "figures": self.figures,
             "floor": self.floor, "quality": self.quality, "events": self.events,
         }

@@ -130,6 +130,7 @@ def cell_settings(cell: Cell, options: RunOptions):
     }
     if options.threads is not None:
         overrides["options.onnxruntime.intra_op_num_threads"] = options.threads
+    overrides.update(cell.option_overrides)
     settings = load_settings(options.config, overrides)  # CSM_* variables apply; CSM_BENCH_* are not settings
     if settings.generation.max_audio_length_ms is not None:  # None values are not applied by load_settings
         from csm_core.config import apply_overrides

@@ -22,8 +22,19 @@ def test_matrix_is_the_product_with_baselines_first():
 
 
 def test_optimizer_sets_keep_the_order_of_names_within_a_set():
-    assert parse_optimizer_sets("none,b+a") == [(), ("b", "a")]
+    assert parse_optimizer_sets("none,b+a") == [((), ()), (("b", "a"), ())]
     assert Cell("tiny", "pytorch", ("b", "a")).optimizer_label == "b+a"
+
+
+def test_an_optimizer_takes_options_per_cell_so_one_run_compares_its_settings():
+    cells = parse_matrix("pytorch", "none,weight-quantization:bits=8,weight-quantization:bits=4:block_size=64,a+b:x=true",
+                         "small", PRESETS)
+    assert [c.id for c in cells] == ["small/pytorch/none", "small/pytorch/weight-quantization:bits=8",
+                                     "small/pytorch/weight-quantization:bits=4:block_size=64", "small/pytorch/a+b:x=true"]
+    assert cells[1].optimizers == cells[2].optimizers == ("weight-quantization",)
+    assert cells[2].option_overrides == {"options.weight-quantization.bits": 4,
+                                         "options.weight-quantization.block_size": 64}
+    assert cells[3].option_overrides == {"options.b.x": True} and cells[3].baseline() == cells[0]
 
 
 def test_unknown_preset_names_the_known_ones():
@@ -42,6 +53,10 @@ def test_unknown_preset_names_the_known_ones():
         ("pytorch", "a+a", "small", ["--optimizers", "twice"]),
         ("pytorch", "a+b,a+b", "small", ["--optimizers", "more than once"]),
         ("pytorch", "none", " ", ["--presets"]),
+        ("pytorch", "a:bits", "small", ["--optimizers", "'bits' is not key=value"]),
+        ("pytorch", "a:bits=4:bits=8", "small", ["--optimizers", "twice"]),
+        ("pytorch", "none:bits=4", "small", ["--optimizers", "'none' alone"]),
+        ("pytorch", "a:bits=4,a:bits=4", "small", ["--optimizers", "more than once"]),
     ],
 )
 def test_bad_matrix_strings_name_the_option_and_value(backends, optimizers, presets, words):

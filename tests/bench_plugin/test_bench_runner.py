@@ -161,3 +161,16 @@ def test_unit_codes_are_the_utterances_codes_concatenated_in_order(plugins):
     assert unit.metrics.frames == 4 and len(unit.audio.samples) == sum(len(t.audio.samples) for t in alone)
     assert unit.metrics.generation_seconds >= sum(t.metrics.generation_seconds for t in unit.turns)
     assert len(unit.metrics.stages) == sum(len(t.metrics.stages) for t in unit.turns)  # sequential: none shared
+
+
+@pytest.mark.slow
+def test_a_cells_optimizer_options_reach_its_pipeline_and_its_row(plugins):
+    """``weight-quantization:bits=4``: the cell's pipeline runs 4-bit weights and its row says so."""
+    from csm_bench.matrix import parse_matrix
+
+    cells = parse_matrix("pytorch", "none,weight-quantization:bits=4", "tiny", ["tiny"])
+    result = MatrixRunner(OPTIONS, plugins).run(cells[1])
+    assert result.status == "ok", result.reason
+    assert result.to_dict()["label"] == "weight-quantization:bits=4"
+    assert result.to_dict()["options"] == {"options.weight-quantization.bits": 4}
+    assert "int4" in result.precision  # the floor counts the bytes of 4-bit weights
