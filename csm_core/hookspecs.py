@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import typer
 
     from csm_core.turn import Turn
-    from csm_core.records import Backend, Optimizer, StageImpl
+    from csm_core.records import Backend, Optimizer, StageContext, StageImpl
 
 PROJECT = "csm_multi"
 
@@ -109,7 +109,8 @@ def register_optimizers(register: Callable[[Optimizer], None]) -> None:
         (``effect="exact"`` or ``"approximate"``).
 
     When the config lists the optimizer, its factory's object is registered as a plugin for the
-    pipeline's lifetime, so it can implement ``run_stage`` (as a wrapper) and ``at_safe_point``.
+    pipeline's lifetime, so it can implement ``run_stage`` (as a wrapper), ``at_safe_point`` and
+    ``engine_built``.
     """
 
 
@@ -139,6 +140,24 @@ def at_safe_point(stage: str, device: str) -> None:
     unit of work; every implementation is called and the return values are ignored. Optimizers
     implement it to release cached memory there. It must not change any result and should be cheap:
     it runs once per generated frame.
+    """
+
+
+@hookspec
+def engine_built(stage: str, component: str, engine: Any, context: StageContext) -> None:
+    """A backend has built ``component``'s engine for ``stage``; adjust it before the stage uses it.
+
+    :param stage: The stage kind the engine serves (``"tts"``, ...).
+    :param component: The component (``"csm"``, ``"codec"``, ``"causal_lm"``, ``"speech_to_text"``).
+    :param engine: The engine the backend returned (:mod:`csm_core.components`); change it in place,
+        through the attributes its interface offers (``CsmEngines.frame_decoder``, say).
+    :param context: The stage's :class:`csm_core.records.StageContext` (settings, backend, ``report``).
+
+    Called by :meth:`csm_core.records.StageContext.engine` after every engine a backend builds, and by a
+    stage that re-allocates its engines (``CsmEngines.for_batch``) for the new ones; every implementation
+    is called and the return values are ignored. Optimizers implement it to install a part of their own
+    on the engines (a whole-frame decoder); an implementation that cannot serve this engine raises
+    :class:`csm_core.errors.CsmError` saying why and what to change, and the stage fails to build.
     """
 
 

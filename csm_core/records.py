@@ -83,7 +83,7 @@ class Optimizer:
     ``effect`` declares what it may change: ``"exact"`` ones must give identical codes to the
     unoptimized run; ``"approximate"`` ones state a quality bound in their ``description``.
     ``factory(context)`` returns an object that is registered as a plugin while the pipeline lives, so
-    it may implement hooks (``run_stage`` as a wrapper, ``at_safe_point``). The object may also have
+    it may implement hooks (``run_stage`` as a wrapper, ``at_safe_point``, ``engine_built``). The object may also have
     ``configure(settings) -> Mapping[str, Any]``: dotted setting overrides (``{"precision": "bf16"}``,
     ``{"options.prosody.amortize": True}``) that the pipeline applies before any stage loads, and
     reports. An optimizer whose work lives in a backend or stage (selective precision, CUDA graphs)
@@ -145,7 +145,15 @@ class StageContext:
                 f"{', '.join(sorted(self.backend.engines)) or 'none'}); backends that have one: "
                 f"{', '.join(having) or 'none'}. Set backends.{self.stage} to one of them"
             )
-        return self.backend.engines[component](module, self)
+        return self.built(component, self.backend.engines[component](module, self))
+
+    def built(self, component: str, engine: Any) -> Any:
+        """Hand a newly built ``component`` engine to the ``engine_built`` hook (optimizers may install a
+        part of theirs on it) and return it. :meth:`engine` calls it; a stage that re-allocates its engines
+        (``CsmEngines.for_batch``) calls it for the new ones."""
+        if self.hook is not None:
+            self.hook.engine_built(stage=self.stage, component=component, engine=engine, context=self)
+        return engine
 
     def report(self, message: str) -> None:
         """Log a notable event (a fallback, an export, a rebuild) and keep it for the turn's metrics."""

@@ -138,7 +138,7 @@ class CsmSpeaker:
         engines = row_engines(self.engines, rows)
         if not isinstance(engines, OneRow) and engines is not self.engines:
             self.context.report(f"csm: KV caches re-allocated for {rows} rows (continuous batching)")
-            self.engines = engines
+            self.engines = self.context.built("csm", engines)
         session = BatchSession(engines, self.embedder, rows, SilenceGuard(self.settings.generation.max_silent_frames))
         return SpeechSession(self, session, pipelined=self.options.pipelined_decoding)
 

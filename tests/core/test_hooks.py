@@ -368,3 +368,55 @@ def test_optimizer_configure_with_an_invalid_value_names_the_optimizer():
     plugins.register(Plugin(), name="under-test")
     with pytest.raises(ConfigError, match=r"(?s)optimizer .bad.*generation.top_k"):
         Pipeline(Settings(backend="numpy", optimizers=["bad"]), plugins)
+
+
+def test_hook_engine_built():
+    """Every engine a backend builds passes through ``engine_built`` (with its stage and component) before
+    the stage uses it; an optimizer adjusts it there, or refuses it with a CsmError that fails the stage."""
+    from csm_core.errors import CsmError
+
+    seen = []
+
+    class Engine:
+        frame_decoder = None
+
+    class Installer:
+        @hookimpl
+        def engine_built(self, stage, component, engine, context):
+            seen.append((stage, component, type(engine).__name__, context.backend.name))
+            engine.frame_decoder = "installed"
+
+    class Refuser:
+        @hookimpl
+        def engine_built(self, stage, component, engine, context):
+            raise CsmError(f"refused the {component} engine of {context.backend.name}")
+
+    class Stage(_ChunkTts):
+        def __init__(self, ctx):
+            super().__init__(ctx)
+            self.engine = ctx.engine("thing", "module")
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register):
+            register(Backend(name="numpy", engines={"thing": lambda module, ctx: Engine()}, check=lambda: None))
+
+        @hookimpl
+        def register_tts(self, register):
+            register(StageImpl("x", Stage, components=("thing",)))
+
+        @hookimpl
+        def register_optimizers(self, register):
+            register(Optimizer(name="installer", factory=lambda ctx: Installer()))
+            register(Optimizer(name="refuser", factory=lambda ctx: Refuser()))
+
+    plugins = Plugins()
+    plugins.register(Plugin(), name="under-test")
+    with Pipeline(Settings(backend="numpy", stages={"tts": "x"}, optimizers=["installer"]), plugins) as pipeline:
+        assert pipeline.stage("tts").engine.frame_decoder == "installed"
+    assert seen == [("tts", "thing", "Engine", "numpy")]
+    with Pipeline(Settings(backend="numpy", stages={"tts": "x"}), plugins) as pipeline:
+        assert pipeline.stage("tts").engine.frame_decoder is None  # no optimizer, no hook
+    with Pipeline(Settings(backend="numpy", stages={"tts": "x"}, optimizers=["refuser"]), plugins) as pipeline:
+        with pytest.raises(CsmError, match="refused the thing engine of numpy"):
+            pipeline.stage("tts")
