@@ -11,6 +11,8 @@ Graphs (``B`` is the batch size fixed at export, 1 by default):
 - ``backbone_prefill``: ``T`` dynamic in 1..max_seq_len; ``backbone_step``: ``T = 1``.
 - ``decoder``: ``T`` dynamic in 1..2 (2 on the first call of a frame, then 1).
 - ``mimi_decoder_step``: ``codes`` [B,K,F] with ``F`` dynamic, state tensors in and out.
+- ``frame_decoder``: not exported from torch but assembled from the ``decoder`` graph (K-1 copies and the
+  core's sampling as graph ops) by :mod:`csm_export.frame_graph`; ``csmctl export`` builds it with the others.
 
 The Mimi *encoder* is exported as a streaming step instead (:mod:`csm_export.mimi_encoder`): on whole
 utterances the dynamo exporter fails on transformers' length-dependent padding

@@ -176,12 +176,17 @@ class OnnxCsmEngines:
     """The ``csm`` component on onnxruntime: ``.backbone`` and ``.decoder``, exported on first use.
 
     The graphs are exported for ``batch_size`` rows and run exactly that many (:meth:`for_batch`).
+    ``frame_decoder`` is the fused frame graph's engine (:mod:`csm_onnxruntime.frame_decoder`) when
+    ``fused_frame`` is true (None: ``[options.onnxruntime] fused_frame``), else None.
     """
 
-    frame_decoder = None  # no whole-frame graph
+    frame_decoder = None  # the step path, unless fused_frame
 
-    def __init__(self, model, context: StageContext, batch_size: int = 1) -> None:
+    def __init__(self, model, context: StageContext, batch_size: int = 1, fused_frame: bool | None = None) -> None:
+        from csm_onnxruntime.frame_decoder import fused_frame_enabled, open_frame_decoder
+
         self.batch_size = batch_size
+        fused = fused_frame if fused_frame is not None else fused_frame_enabled(context.settings)  # checked first
         device = requested_device(context, model)
         whash = weights_hash(model)
         self.plans = {part: plan_for(context.settings, part) for part in ("backbone", "decoder")}
@@ -209,6 +214,10 @@ class OnnxCsmEngines:
             )
         )
         self.device = used
+        if fused:
+            self.frame_decoder, artifact = open_frame_decoder(model, context, self.artifacts[CSM_GRAPHS.index("decoder")],
+                                                              whash, self.plans["decoder"], batch_size)
+            self.artifacts.append(artifact)
 
     def for_batch(self, rows: int) -> "OnnxCsmEngines | None":
         """``self`` for the batch the graphs were exported for; None for any other (a fixed batch)."""

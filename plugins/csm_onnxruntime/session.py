@@ -3,7 +3,13 @@
 Options come from ``settings.options["onnxruntime"]``:
 
 - ``intra_op_num_threads`` (int >= 0, 0 = ORT's default), ``inter_op_num_threads`` (int >= 0),
-- ``graph_optimization_level``: ``disable`` | ``basic`` | ``extended`` | ``all`` (default ``all``).
+- ``graph_optimization_level``: ``disable`` | ``basic`` | ``extended`` | ``all`` (default ``all``);
+- ``fused_frame`` (bool): not a session setting but the engines' (:mod:`csm_onnxruntime.frame_decoder`),
+  accepted here so that the table validates as a whole.
+
+``SessionOptions.memory_reuse`` (not a config option) is for graphs whose size makes ORT's memory-reuse
+planning slow (it grows faster than linearly with the node count: the 5,000-node fused frame graph takes
+8 s to plan, 0.15 s without): a graph's opener turns it off with :func:`dataclasses.replace`.
 
 The optimized graph is saved beside the artifact (named by the artifact's checksum, the provider, the
 level and the onnxruntime version, which alone can read it) with a checksum file
@@ -22,9 +28,11 @@ from typing import Any, Callable, Mapping
 
 from csm_core.artifact_check import checksum_path, discard, install, problem_with
 from csm_core.errors import BackendUnavailable, ConfigError, CsmError
+from csm_onnxruntime import FUSED_FRAME_OPTION
 
 LEVELS = ("disable", "basic", "extended", "all")
 KNOWN_OPTIONS = ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level")
+ENGINE_OPTIONS = (FUSED_FRAME_OPTION,)  # [options.onnxruntime] keys the engines read, not the sessions
 
 
 @dataclass(frozen=True)
@@ -32,13 +40,18 @@ class SessionOptions:
     intra_op_num_threads: int = 0
     inter_op_num_threads: int = 0
     graph_optimization_level: str = "all"
+    memory_reuse: bool = True
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "SessionOptions":
         options = dict(options or {})
-        unknown = sorted(set(options) - set(KNOWN_OPTIONS))
+        unknown = sorted(set(options) - set(KNOWN_OPTIONS) - set(ENGINE_OPTIONS))
         if unknown:
-            raise ConfigError(f"options.onnxruntime.{unknown[0]}: unknown option; known: {', '.join(KNOWN_OPTIONS)}")
+            raise ConfigError(
+                f"options.onnxruntime.{unknown[0]}: unknown option; known: {', '.join(KNOWN_OPTIONS + ENGINE_OPTIONS)}"
+            )
+        for name in ENGINE_OPTIONS:
+            options.pop(name, None)
         for name in ("intra_op_num_threads", "inter_op_num_threads"):
             value = options.get(name, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -149,6 +162,7 @@ def _session_options(ort, options: SessionOptions, level: str):
     so.intra_op_num_threads = options.intra_op_num_threads
     so.inter_op_num_threads = options.inter_op_num_threads
     so.graph_optimization_level = _level(ort, level)
+    so.enable_mem_reuse = options.memory_reuse
     return so
 
 

@@ -21,6 +21,8 @@ MODULES: tuple[str, ...] = (
     "cuda_graphs",
     "weight_quantization",
     "pipelined_decoding",
+    "fused_frame",
+    "speculative_codebooks",
 )
 
 
