@@ -44,7 +44,7 @@ class ServeOptions(BaseModel):
     api_key: str | None = Field(None, min_length=8, description=f"bearer key clients must send ({API_KEY_ENV} wins)")
     allow_open: bool = Field(False, description="allow a non-loopback host without an API key")
     max_queue: int = Field(8, ge=1, le=10_000, description="requests waiting for the worker; more get 429")
-    max_rows: int = Field(4, ge=1, le=64, description="speech requests generated together at most "
+    max_rows: int = Field(8, ge=1, le=64, description="speech requests generated together at most "
                           "(continuous batching; 1: one at a time)")
     max_streams: int = Field(32, ge=1, le=10_000, description="responses and WebSockets open at once; more get 429")
     retry_after_s: int = Field(1, ge=1, le=3600, description="the Retry-After of a 429")
