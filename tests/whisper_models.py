@@ -20,3 +20,14 @@ def varied_whisper(directory):
                 weight.copy_(torch.randn(weight.shape, generator=generator) * 4.0 / weight.shape[-1] ** 0.5)
     model.save_pretrained(directory)
     return directory
+
+
+def two_decodings(model):
+    """The decodings a Whisper engine is checked under: English given, and the language detected among
+    three (the varied model's generation config with two more languages)."""
+    from csm_core.generation.speech_decoding import whisper_decoding
+
+    several = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
+    several.lang_to_id = {**several.lang_to_id, "<|fr|>": 70, "<|de|>": 71}
+    return (whisper_decoding(model.generation_config, task="transcribe", language="en"),
+            whisper_decoding(several, task="transcribe"))  # the second detects the language

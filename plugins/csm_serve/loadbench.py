@@ -53,25 +53,30 @@ class ServerFailed(CsmError):
 
 
 # -- input ---------------------------------------------------------------------------------------
-def parse_clients(value: str) -> list[int]:
-    """``"1,2,4,8"`` -> [1, 2, 4, 8] (positive, no repeats, in the order given)."""
-    levels = []
-    for part in value.split(","):
-        part = part.strip()
+def parse_numbers(value: str, option: str, low: int, high: int, unit: str, example: str) -> list[int]:
+    """``"1,2,4"`` -> [1, 2, 4]: whole numbers ``low..high``, no repeats, in the order given; errors name
+    ``option`` (``unit`` and ``example`` complete their messages)."""
+    numbers: list[int] = []
+    for part in (part.strip() for part in value.split(",")):
         if not part:
             continue
         try:
             number = int(part)
         except ValueError:
-            raise CsmError(f"--clients: {part!r} is not a whole number (give e.g. 1,2,4,8)") from None
-        if number < 1 or number > 256:
-            raise CsmError(f"--clients: {number} is out of range (1 to 256 clients)")
-        if number in levels:
-            raise CsmError(f"--clients: {number} is given twice")
-        levels.append(number)
-    if not levels:
-        raise CsmError("--clients is empty: give the concurrency levels, e.g. 1,2,4,8")
-    return levels
+            raise CsmError(f"{option}: {part!r} is not a whole number (give e.g. {example})") from None
+        if not low <= number <= high:
+            raise CsmError(f"{option}: {number} is out of range ({low} to {high} {unit})")
+        if number in numbers:
+            raise CsmError(f"{option}: {number} is given twice")
+        numbers.append(number)
+    if not numbers:
+        raise CsmError(f"{option} is empty: give e.g. {example}")
+    return numbers
+
+
+def parse_clients(value: str) -> list[int]:
+    """``"1,2,4,8"`` -> [1, 2, 4, 8]: the concurrency levels (1 to 256 clients)."""
+    return parse_numbers(value, "--clients", 1, 256, "clients", "1,2,4,8")
 
 
 def parse_max_rows(value: str | None) -> list[int | None]:
@@ -79,24 +84,8 @@ def parse_max_rows(value: str | None) -> list[int | None]:
     server with its configured ``[options.serve] max_rows``)."""
     if value is None:
         return [None]
-    settings: list[int | None] = []
-    for part in value.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            number = int(part)
-        except ValueError:
-            raise CsmError(f"--max-rows: {part!r} is not a whole number (give e.g. 1,4: 1 is one request at a "
-                           "time, more is continuous batching)") from None
-        if not 1 <= number <= 64:
-            raise CsmError(f"--max-rows: {number} is out of range (1 to 64 rows)")
-        if number in settings:
-            raise CsmError(f"--max-rows: {number} is given twice")
-        settings.append(number)
-    if not settings:
-        raise CsmError("--max-rows is empty: give the server's max_rows settings to compare, e.g. 1,4")
-    return settings
+    return parse_numbers(value, "--max-rows", 1, 64, "rows",
+                         "1,4: 1 is one request at a time, more is continuous batching")
 
 
 def check_url(url: str) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from csm_core.components import CausalLm, CausalLmEngine, SpeechToText, SpeechToTextEngine
 from csm_core.generation.lm_decoding import decode_tokens
-from csm_core.generation.speech_decoding import decode_speech, whisper_decoding
+from csm_core.generation.speech_decoding import decode_speech
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu]
 
@@ -75,7 +75,7 @@ def test_causal_lm_answers_are_the_same_with_and_without_cuda_graphs(trt_gpu, lm
 @pytest.mark.parametrize("cuda_graphs", [True, False])
 def test_speech_to_text_gives_the_greedy_ids_of_pytorch(trt_gpu, tmp_path, cuda_graphs):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
-    from whisper_models import varied_whisper
+    from whisper_models import two_decodings, varied_whisper
 
     from csm_pytorch.speech_to_text import TorchSpeechToText
     from csm_tensorrt.speech_to_text import speech_to_text_engine
@@ -88,10 +88,7 @@ def test_speech_to_text_gives_the_greedy_ids_of_pytorch(trt_gpu, tmp_path, cuda_
     engine = speech_to_text_engine(SpeechToText(copy.deepcopy(model).cuda(), positions), context)
     assert isinstance(engine, SpeechToTextEngine)
     reference = TorchSpeechToText(SpeechToText(model, positions))
-    several = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
-    several.lang_to_id = {**several.lang_to_id, "<|fr|>": 70, "<|de|>": 71}
-    decodings = (whisper_decoding(model.generation_config, task="transcribe", language="en"),
-                 whisper_decoding(several, task="transcribe"))  # the second detects the language
+    decodings = two_decodings(model)
     lengths = set()
     for decoding in decodings:
         for seed in range(3):
