@@ -128,7 +128,8 @@ def parse_optimizer_sets(value: str, option: str = "--optimizers") -> list[tuple
 
 
 def parse_matrix(backends: str, optimizers: str, presets: str, known_presets: Iterable[str]) -> list[Cell]:
-    """The cells of the matrix, baselines first within each preset and backend.
+    """The cells of the matrix, baselines first within each preset and backend; the transformers reference
+    gets its baseline only (optimizers act on this project's stages, not on transformers' ``generate``).
 
     An unknown preset raises :class:`UnknownNameError` (nothing could run it); backends and optimizers
     are checked per cell by the runner, because a missing one skips that cell, not the whole run.
@@ -144,5 +145,6 @@ def parse_matrix(backends: str, optimizers: str, presets: str, known_presets: It
         for preset in preset_names
         for backend in split_names(backends, "--backends")
         for optimizer_set, options in sorted(sets, key=lambda s: (len(s[0]) > 0,))  # stable: baseline first
+        if backend != REFERENCE_BACKEND or not optimizer_set  # transformers' generate takes no optimizer
     ]
     return cells

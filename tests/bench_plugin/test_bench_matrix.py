@@ -64,3 +64,9 @@ def test_bad_matrix_strings_name_the_option_and_value(backends, optimizers, pres
         parse_matrix(backends, optimizers, presets, PRESETS)
     for word in words:
         assert word in str(error.value)
+
+
+def test_the_transformers_reference_gets_its_baseline_only():
+    cells = parse_matrix("pytorch,transformers-reference", "none,cache-clearing", "small", PRESETS)
+    assert [c.id for c in cells] == ["small/pytorch/none", "small/pytorch/cache-clearing",
+                                     "small/transformers-reference/none"]
