@@ -8,8 +8,9 @@ On a machine with an NVIDIA GPU and the packages of the project's extras, it
    ``OUT_DIR/environment.json``;
 2. runs the GPU-marked tests (``pytest -m "gpu or tensorrt"``): ``OUT_DIR/gpu-tests.xml`` and ``.log``;
 3. runs a short ``csmctl bench`` on ``csm-1b`` dimensions with ``--device cuda``: pytorch fp32 and bf16
-   (``selective-precision``), ``cuda-graphs`` with both, onnxruntime's CUDA provider and tensorrt where
-   the machine has them, transformers' ``generate`` as the reference row: ``OUT_DIR/bench/``;
+   (``selective-precision``), ``cuda-graphs`` with both, ``pipelined-decoding`` (Mimi on its own CUDA
+   stream) and ``fused-frame`` (onnxruntime's whole-frame graph), onnxruntime's CUDA provider and tensorrt
+   where the machine has them, transformers' ``generate`` as the reference row: ``OUT_DIR/bench/``;
 4. writes ``OUT_DIR/summary.json`` and ``OUT_DIR/summary.md``: what ran, what was missing and why, the
    test counts, the bench table, and the csm-1b targets (bf16, batch 1: within 1.5x of the bandwidth
    floor, first audio under 100 ms, at least 10x transformers' generate) read off the bench.
@@ -35,7 +36,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-OPTIMIZER_SETS = "none,selective-precision,cuda-graphs,cuda-graphs+selective-precision"
+OPTIMIZER_SETS = "none,selective-precision,cuda-graphs,cuda-graphs+selective-precision,pipelined-decoding,fused-frame"
 REFERENCE = "transformers-reference"
 # The csm-1b targets of the GPU check (bf16, batch 1), read off the bench's best pytorch bf16 cell.
 TARGETS = {"x_floor": 1.5, "time_to_first_audio_s": 0.100, "vs_reference": 10.0}
