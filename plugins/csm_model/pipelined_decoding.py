@@ -9,7 +9,8 @@ needed: first audio comes as soon as frame 0 is decoded, as without pipelining.
 Exact: the same frames (one frame loop, one thread) and the same decoding calls in the same order, so
 codes and audio are identical to the in-line loop. On CUDA the producer records an event after each
 frame and the decoding runs on its own stream that waits for that event, so the two overlap on the GPU
-too. Stopping early (the caller closes the generator: a cancelled request) sets a flag the producer
+too. On a CPU the decoding thread runs torch with :data:`DECODING_THREADS` threads (the frame loop keeps
+its own count). Stopping early (the caller closes the generator: a cancelled request) sets a flag the producer
 reads before each frame, so at most the frame in progress is finished before it ends.
 """
 
@@ -23,6 +24,10 @@ import torch
 
 _DONE = object()
 QUEUE_FRAMES = 2  # frames generated ahead of decoding at most
+DECODING_THREADS = 1
+"""torch threads of the decoding thread on a CPU. torch's thread count is per calling thread (OpenMP): with
+its default (every core) on both sides, the two threads' parallel regions oversubscribe the cores and
+both slow down; Mimi's frame is small, so one core decodes it while the frame loop keeps the others."""
 
 
 def pipelined_chunks(
@@ -65,6 +70,9 @@ def pipelined_chunks(
     producer = threading.Thread(target=produce, name="csm-frames", daemon=True)
     stream = torch.cuda.Stream(device) if cuda else None
     producer.start()
+    threads = torch.get_num_threads()  # a per-thread setting: the producer's own is left as it is
+    if not cuda:
+        torch.set_num_threads(DECODING_THREADS)
     try:
         while True:
             item = handoff.get()
@@ -82,6 +90,7 @@ def pipelined_chunks(
                 audio = decode(frame)
             yield frame, audio
     finally:
+        torch.set_num_threads(threads)
         stop.set()
         while producer.is_alive():  # unblock a producer waiting on a full queue, then let it end
             try:

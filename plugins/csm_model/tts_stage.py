@@ -36,7 +36,7 @@ from csm_core.generation.sampling import SamplingParams
 from csm_core.records import StageContext
 from csm_core.stages import BATCH, POSITION_WINDOW, SpeechChunk, SpeechParams, SpeechRequest
 from csm_core.config import plugin_options
-from csm_model.pipelined_decoding import pipelined_chunks
+from csm_model.pipelined_decoding import DECODING_THREADS, pipelined_chunks
 from csm_model.options import CsmOptions
 from csm_model.sources import load_csm_weights, load_mimi_model
 
@@ -225,7 +225,11 @@ class SpeechSession:
         self._row_of_slot: dict[int, int] = {}  # the KV-cache slot of a live row -> the row
         self._states: dict[int, object] = {}  # row -> its streaming Mimi state (until it ends or is removed)
         self._pending: list[tuple[int, torch.Tensor | None]] = []  # made by the last step, not decoded yet
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="csm-mimi") if pipelined else None
+        self._worker = None
+        if pipelined:  # on a CPU the decoding thread keeps to one core (csm_model.pipelined_decoding)
+            threads = DECODING_THREADS if not str(speaker.device).startswith("cuda") else torch.get_num_threads()
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="csm-mimi",
+                                              initializer=torch.set_num_threads, initargs=(threads,))
 
     @property
     def free(self) -> int:
