@@ -351,9 +351,15 @@ def _wait_for(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, even when the tests run as a background job (which
+    starts with SIGINT ignored, and Python keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(work: Path, args: list[str], ready) -> tuple[int, str]:
     process = subprocess.Popen([sys.executable, "-m", "csm_core.cli", *args], cwd=work, env=environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
     _wait_for(process, lambda: ready(process))
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
