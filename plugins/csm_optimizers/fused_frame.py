@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from csm_core.errors import CsmError
 from csm_core.records import Optimizer, StageContext
+from csm_optimizers.tts_backend import require_tts_backend
 
 NAME = "fused-frame"
 BACKENDS = ("onnxruntime",)
@@ -38,13 +38,8 @@ class FusedFrame:
         self.context = context
 
     def configure(self, settings) -> Mapping[str, Any]:
-        backend = settings.backend_for("tts")
-        if backend not in BACKENDS:
-            raise CsmError(
-                f"the {NAME} optimizer runs on the {' and '.join(BACKENDS)} backend (one graph per frame), but the "
-                f"tts stage runs on {backend!r}: use backend = \"onnxruntime\" (on pytorch with a CUDA device, "
-                f"cuda-graphs replays a greedy frame as one graph), or remove {NAME} from optimizers"
-            )
+        require_tts_backend(settings, NAME, BACKENDS, "one graph per frame",
+                            "; on pytorch with a CUDA device, cuda-graphs replays a greedy frame as one graph")
         from csm_onnxruntime import FUSED_FRAME_OPTION
 
         return {f"options.onnxruntime.{FUSED_FRAME_OPTION}": True}

@@ -34,6 +34,7 @@ from csm_core import hookimpl
 from csm_core.config import plugin_options
 from csm_core.errors import CsmError
 from csm_core.records import Optimizer, StageContext
+from csm_optimizers.tts_backend import require_tts_backend
 
 NAME = "speculative-codebooks"
 SUPPORTED_BACKENDS = ("pytorch",)
@@ -65,13 +66,8 @@ class SpeculativeCodebooks:
         self.frames: list = []  # the SpeculativeFrame engines installed (one per csm engines built)
 
     def configure(self, settings) -> Mapping[str, Any]:
-        backend = settings.backend_for("tts")
-        if backend not in SUPPORTED_BACKENDS:
-            raise CsmError(
-                f"the {NAME} optimizer runs on the {', '.join(SUPPORTED_BACKENDS)} backend (eager decoder engines "
-                f"it can run a multi-position pass on), but the tts stage runs on {backend!r}: set backend = "
-                f"\"pytorch\" (or backends.tts), or remove {NAME} from optimizers"
-            )
+        require_tts_backend(settings, NAME, SUPPORTED_BACKENDS,
+                            "eager decoder engines it can run a multi-position pass on")
         return {}
 
     @hookimpl

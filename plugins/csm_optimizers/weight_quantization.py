@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from csm_core.config import plugin_options
 from csm_core.errors import CsmError
 from csm_core.records import Optimizer, StageContext
+from csm_optimizers.tts_backend import require_tts_backend
 
 NAME = "weight-quantization"
 BACKENDS = ("pytorch", "onnxruntime")
@@ -76,12 +77,7 @@ class WeightQuantization:
     def configure(self, settings) -> Mapping[str, Any]:
         from csm_core.devices import resolve_device
 
-        backend = settings.backend_for("tts")
-        if backend not in BACKENDS:
-            raise CsmError(
-                f"the {NAME} optimizer runs on the {' and '.join(BACKENDS)} backends, but the tts stage runs on "
-                f"{backend!r}: use backend = \"pytorch\" or \"onnxruntime\", or remove {NAME} from optimizers"
-            )
+        require_tts_backend(settings, NAME, BACKENDS, "their own int8/int4 kernels")
         device = resolve_device(settings.device, settings.allow_fallback, self.context.report)
         if device != "cpu":
             raise CsmError(
