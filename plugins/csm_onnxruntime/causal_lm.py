@@ -16,8 +16,8 @@ from csm_core.components import CausalLm
 from csm_core.records import StageContext
 from csm_core.generation.token_steps import TokenSteps, check_max_positions
 from csm_export.artifacts import ensure_artifact, weights_hash
-from csm_onnxruntime.engines import bind_tensor, cache_dir, requested_device
-from csm_export.graphs import cache_names
+from csm_onnxruntime.engines import cache_dir, requested_device
+from csm_onnxruntime.io_binding import CacheBuffers, bind_tensor
 from csm_export.lm_export import check_exportable, export_causal_lm, lm_cache_shape
 from csm_export.specs import causal_lm_spec
 from csm_onnxruntime.session import SessionOptions, create_session, require_provider
@@ -50,18 +50,14 @@ class OnnxCausalLm(TokenSteps):
         )
         self.device = torch.device(used if used.startswith("cuda") else "cpu")
         self.vocab_size = model.config.vocab_size
-        self.past_names, self.present_names = cache_names(model.config.num_hidden_layers)
-        shape = lm_cache_shape(model, self.max_positions)
-        self._buffers = [
-            [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.past_names] for _ in range(2)
-        ]
-        self._current = 0
+        self.caches = CacheBuffers(model.config.num_hidden_layers, lm_cache_shape(model, self.max_positions), dtype,
+                                   self.device)
         self.position = 0
 
     def reset(self) -> None:
         # Slots after the last written position are masked in the graph: stale values are never read.
         self.position = 0
-        self._current = 0
+        self.caches.restart()
 
     def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
         t = input_ids.shape[1]
@@ -71,13 +67,9 @@ class OnnxCausalLm(TokenSteps):
         binding = self.session.io_binding()
         bind_tensor(binding, "input_ids", input_ids)
         bind_tensor(binding, "position_ids", positions)
-        past, present = self._buffers[self._current], self._buffers[1 - self._current]
-        for name, tensor in zip(self.past_names, past):
-            bind_tensor(binding, name, tensor)
+        self.caches.bind(binding)
         bind_tensor(binding, "logits", logits, output=True)
-        for name, tensor in zip(self.present_names, present):
-            bind_tensor(binding, name, tensor, output=True)
         self.session.run_with_iobinding(binding)
-        self._current = 1 - self._current
+        self.caches.swap()
         self.position += t
         return logits

@@ -22,13 +22,11 @@ from csm_core.errors import CsmError
 from csm_core.records import StageContext
 from csm_export.artifacts import ArtifactSpec, ensure_artifact, weights_hash
 from csm_export.export import EXPORTER, OPSET, csm_cache_shape, export_csm_part, export_mimi_decoder_step
-from csm_export.graphs import cache_names
 from csm_export.precision import PrecisionPlan, convert_graph, plan_for
 from csm_export.specs import CSM_GRAPHS, csm_spec, graph_part
+from csm_onnxruntime.io_binding import CacheBuffers, bind_tensor
 from csm_onnxruntime.session import SessionOptions, create_session, require_provider
 
-# Element types for IO binding: numpy types, or ONNX TensorProto numbers where numpy has none (bf16).
-NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bfloat16: 16}
 EXTERNAL_DATA_BYTES = 1_800_000_000  # typed graphs with more weight bytes than this keep them in a .data file
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -84,31 +82,19 @@ def _typed_export(export, plan: PrecisionPlan):
     return build
 
 
-def bind_tensor(binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
-    """Bind ``tensor`` (CPU or CUDA, no copy) as input or output ``name`` of an ORT ``IOBinding``."""
-    device_type = "cuda" if tensor.is_cuda else "cpu"
-    device_id = tensor.device.index or 0
-    bind = binding.bind_output if output else binding.bind_input
-    bind(name, device_type, device_id, NUMPY_TYPES[tensor.dtype], list(tensor.shape), tensor.data_ptr())
-
-
 class _CachedGraphs:
     """Sessions sharing one ping-pong pair of KV-cache buffer sets, run with IO binding."""
 
     def __init__(self, sessions: dict, layers: int, shape, cache_dtype, device, batch_size: int, outputs: dict[str, int]):
         """``cache_dtype``: the KV caches' dtype (the plan's); inputs and outputs are float32."""
         self.sessions = sessions
-        self.past_names, self.present_names = cache_names(layers)
-        self.buffers = [[torch.zeros(shape, dtype=cache_dtype, device=device) for _ in self.past_names] for _ in range(2)]
-        self.current = 0
+        self.caches = CacheBuffers(layers, shape, cache_dtype, device)
         self.batch_size = batch_size
         self.dtype, self.device = torch.float32, device  # of inputs_embeds and the outputs
         self.outputs = outputs  # output name -> last dim
 
     def reset(self) -> None:
-        for buffers in self.buffers:
-            for b in buffers:
-                b.zero_()
+        self.caches.zero()
 
     def run(self, graph: str, x: torch.Tensor, positions: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim != 3 or x.shape[0] != self.batch_size or positions.shape != x.shape[:2]:
@@ -122,18 +108,14 @@ class _CachedGraphs:
         binding = session.io_binding()
         bind_tensor(binding, "inputs_embeds", x)
         bind_tensor(binding, "position_ids", positions)
-        past, present = self.buffers[self.current], self.buffers[1 - self.current]
-        for name, tensor in zip(self.past_names, past):
-            bind_tensor(binding, name, tensor)
+        self.caches.bind(binding)
         results = []
         for name, width in self.outputs.items():
             out = torch.empty(self.batch_size, width, dtype=self.dtype, device=self.device)
             bind_tensor(binding, name, out, output=True)
             results.append(out)
-        for name, tensor in zip(self.present_names, present):
-            bind_tensor(binding, name, tensor, output=True)
         session.run_with_iobinding(binding)
-        self.current = 1 - self.current
+        self.caches.swap()
         return results
 
 

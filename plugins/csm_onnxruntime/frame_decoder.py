@@ -31,7 +31,8 @@ from csm_core.errors import ConfigError
 from csm_core.generation.sampling import SamplingParams, draw_noise, sample
 from csm_export.frame_graph import OUTPUT, build_frame_graph, frame_spec
 from csm_onnxruntime import FUSED_FRAME_OPTION
-from csm_onnxruntime.engines import EXTERNAL_DATA_BYTES, bind_tensor, cache_dir, requested_device
+from csm_onnxruntime.engines import EXTERNAL_DATA_BYTES, cache_dir, requested_device
+from csm_onnxruntime.io_binding import bind_tensor
 from csm_onnxruntime.session import SessionOptions, create_session, require_provider
 
 def fused_frame_enabled(settings: Settings) -> bool:

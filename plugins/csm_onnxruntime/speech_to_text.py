@@ -17,7 +17,6 @@ from csm_core.components import SpeechToText
 from csm_core.generation.token_steps import TokenSteps
 from csm_core.records import StageContext
 from csm_export.artifacts import weights_hash
-from csm_export.graphs import cache_names
 from csm_export.specs import whisper_spec
 from csm_export.whisper_export import (
     WHISPER_GRAPHS,
@@ -27,7 +26,8 @@ from csm_export.whisper_export import (
     feature_frames,
     self_cache_shape,
 )
-from csm_onnxruntime.engines import _open_graph, bind_tensor, requested_device
+from csm_onnxruntime.engines import _open_graph, requested_device
+from csm_onnxruntime.io_binding import CacheBuffers, bind_tensor
 
 RUNNABLE_DTYPES = (torch.float32, torch.float16)  # the graphs' float types
 
@@ -70,13 +70,9 @@ class OnnxSpeechToText(TokenSteps):
         self.mel_bins = config.num_mel_bins
         self.hidden_shape = (1, config.max_source_positions, config.d_model)
         layers = config.decoder_layers
-        self.past_names, self.present_names = cache_names(layers)
+        self.caches = CacheBuffers(layers, self_cache_shape(model, self.max_positions), self.dtype, self.device)
         self.cross_names = cross_names(layers)
-        shape = self_cache_shape(model, self.max_positions)
-        self._buffers = [[torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.past_names]
-                         for _ in range(2)]
         self._cross = [torch.zeros(cross_shape(model), dtype=self.dtype, device=self.device) for _ in self.cross_names]
-        self._current = 0
         self._ready = False
         self.position = 0
 
@@ -106,7 +102,7 @@ class OnnxSpeechToText(TokenSteps):
             bind_tensor(binding, name, tensor, output=True)
         session.run_with_iobinding(binding)
         # Self-attention slots after the last written position are masked in the graph: never read.
-        self._current = 0
+        self.caches.restart()
         self._ready = True
         self.position = 0
 
@@ -121,15 +117,11 @@ class OnnxSpeechToText(TokenSteps):
         binding = session.io_binding()
         bind_tensor(binding, "input_ids", input_ids)
         bind_tensor(binding, "position_ids", positions)
-        past, present = self._buffers[self._current], self._buffers[1 - self._current]
-        for name, tensor in zip(self.past_names, past):
-            bind_tensor(binding, name, tensor)
+        self.caches.bind(binding)
         for name, tensor in zip(self.cross_names, self._cross):
             bind_tensor(binding, name, tensor)
         bind_tensor(binding, "logits", logits, output=True)
-        for name, tensor in zip(self.present_names, present):
-            bind_tensor(binding, name, tensor, output=True)
         session.run_with_iobinding(binding)
-        self._current = 1 - self._current
+        self.caches.swap()
         self.position += t
         return logits
