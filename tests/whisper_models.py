@@ -22,6 +22,14 @@ def varied_whisper(directory):
     return directory
 
 
+def load_whisper(directory):
+    """(processor, model in eval mode) of the checkpoint :func:`varied_whisper` wrote in ``directory``."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    return (WhisperProcessor.from_pretrained(directory),
+            WhisperForConditionalGeneration.from_pretrained(directory).eval())
+
+
 def two_decodings(model):
     """The decodings a Whisper engine is checked under: English given, and the language detected among
     three (the varied model's generation config with two more languages)."""

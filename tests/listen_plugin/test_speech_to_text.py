@@ -23,7 +23,7 @@ from csm_core.plugins import Plugins
 from csm_core.records import StageContext
 from csm_core.registry import Registry
 from csm_listen.transcriber import WhisperTranscriber, _text_tokens
-from whisper_models import varied_whisper
+from whisper_models import load_whisper, varied_whisper
 
 MAX_NEW = 16
 SEEDS = (0, 1)
@@ -37,10 +37,7 @@ def whisper_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(whisper_dir):
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    return (WhisperProcessor.from_pretrained(whisper_dir),
-            WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval())
+    return load_whisper(whisper_dir)
 
 
 def noise(seconds: float, seed: int) -> np.ndarray:

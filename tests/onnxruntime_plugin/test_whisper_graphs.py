@@ -30,10 +30,9 @@ def whisper_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(whisper_dir):
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    from whisper_models import load_whisper
 
-    return (WhisperProcessor.from_pretrained(whisper_dir),
-            WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval())
+    return load_whisper(whisper_dir)
 
 
 @pytest.fixture(scope="module")

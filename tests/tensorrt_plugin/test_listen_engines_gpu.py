@@ -74,15 +74,13 @@ def test_causal_lm_answers_are_the_same_with_and_without_cuda_graphs(trt_gpu, lm
 
 @pytest.mark.parametrize("cuda_graphs", [True, False])
 def test_speech_to_text_gives_the_greedy_ids_of_pytorch(trt_gpu, tmp_path, cuda_graphs):
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-    from whisper_models import two_decodings, varied_whisper
+    from whisper_models import load_whisper, two_decodings, varied_whisper
 
     from csm_pytorch.speech_to_text import TorchSpeechToText
     from csm_tensorrt.speech_to_text import speech_to_text_engine
 
     directory = varied_whisper(tmp_path / "varied-whisper")
-    processor = WhisperProcessor.from_pretrained(directory)
-    model = WhisperForConditionalGeneration.from_pretrained(directory).eval()
+    processor, model = load_whisper(directory)
     positions = model.config.max_target_positions
     context = gpu_context(tmp_path / "cache", "transcriber", cuda_graphs=cuda_graphs)
     engine = speech_to_text_engine(SpeechToText(copy.deepcopy(model).cuda(), positions), context)
