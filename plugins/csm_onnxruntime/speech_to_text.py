@@ -5,8 +5,8 @@ self-attention cache) are exported on first use into the artifact cache (keyed b
 graph, exporter, opset, dtype and cache size; checksummed; rebuilt with a message when stale or corrupt)
 and opened with :func:`csm_onnxruntime.engines._open_graph` (explicit providers, the CUDA check,
 ``[options.onnxruntime]``). They run with IO binding: :meth:`OnnxSpeechToText.reset` fills the
-cross-attention buffers once per window, and the decoder reads ``past`` from one set of self-attention
-buffers and writes ``present`` into the other (ping-pong), as the ``causal_lm`` engine does.
+cross-attention buffers once per window, and the decoder runs over ping-pong self-attention caches, as
+the ``causal_lm`` engine does (:class:`csm_onnxruntime.token_decoder.TokenDecoder`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from csm_export.whisper_export import (
     self_cache_shape,
 )
 from csm_onnxruntime.engines import _open_graph, requested_device
-from csm_onnxruntime.io_binding import CacheBuffers, bind_tensor
+from csm_onnxruntime.io_binding import bind_tensor
+from csm_onnxruntime.token_decoder import TokenDecoder
 
 RUNNABLE_DTYPES = (torch.float32, torch.float16)  # the graphs' float types
 
@@ -65,14 +66,13 @@ class OnnxSpeechToText(TokenSteps):
             self.artifacts.append(artifact)
         self.device = torch.device(used if used.startswith("cuda") else "cpu")
         config = model.config
-        self.vocab_size = config.vocab_size
         self.frames = feature_frames(model)
         self.mel_bins = config.num_mel_bins
         self.hidden_shape = (1, config.max_source_positions, config.d_model)
         layers = config.decoder_layers
-        self.caches = CacheBuffers(layers, self_cache_shape(model, self.max_positions), self.dtype, self.device)
-        self.cross_names = cross_names(layers)
-        self._cross = [torch.zeros(cross_shape(model), dtype=self.dtype, device=self.device) for _ in self.cross_names]
+        self.decoder = TokenDecoder(self.sessions["whisper_decoder"], layers, self_cache_shape(model, self.max_positions),
+                                    self.dtype, self.device, config.vocab_size,
+                                    fixed=dict.fromkeys(cross_names(layers), cross_shape(model)))
         self._ready = False
         self.position = 0
 
@@ -98,30 +98,16 @@ class OnnxSpeechToText(TokenSteps):
         session = self.sessions["whisper_cross_kv"]
         binding = session.io_binding()
         bind_tensor(binding, "encoder_hidden_states", hidden)
-        for name, tensor in zip(self.cross_names, self._cross):
+        for name, tensor in self.decoder.fixed.items():
             bind_tensor(binding, name, tensor, output=True)
         session.run_with_iobinding(binding)
-        # Self-attention slots after the last written position are masked in the graph: never read.
-        self.caches.restart()
+        self.decoder.restart()
         self._ready = True
         self.position = 0
 
     def _run(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not self._ready:
             raise ValueError("speech_to_text: call reset(encoder_hidden) before prefill or step")
-        t = input_ids.shape[1]
-        input_ids = input_ids.to(self.device).contiguous()
-        positions = torch.arange(self.position, self.position + t, device=self.device)[None].contiguous()
-        logits = torch.empty(1, self.vocab_size, dtype=torch.float32, device=self.device)
-        session = self.sessions["whisper_decoder"]
-        binding = session.io_binding()
-        bind_tensor(binding, "input_ids", input_ids)
-        bind_tensor(binding, "position_ids", positions)
-        self.caches.bind(binding)
-        for name, tensor in zip(self.cross_names, self._cross):
-            bind_tensor(binding, name, tensor)
-        bind_tensor(binding, "logits", logits, output=True)
-        session.run_with_iobinding(binding)
-        self.caches.swap()
-        self.position += t
+        logits = self.decoder.run(input_ids, self.position)
+        self.position += input_ids.shape[1]
         return logits
