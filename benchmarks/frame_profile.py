@@ -14,7 +14,8 @@ each with the device synchronized before and after so a GPU's queued work is cou
 - ``tts stage``: the whole stage (``speak``: frames, Mimi, copies to the host), per frame.
 
 Each figure is the median milliseconds per frame over ``--repeats`` runs; ``other`` is the frame loop
-minus backbone step and depth decoding. The JSON goes to ``--out`` when given. Random weights: the
+minus backbone step and depth decoding. ``pipelining bound`` is the most ``pipelined-decoding`` can gain,
+``1 + mimi decode / frame loop`` (frame t's decoding hidden under frame t+1's generation). The JSON goes to ``--out`` when given. Random weights: the
 figures do not depend on weight values.
 """
 
@@ -105,7 +106,8 @@ def profile(settings, frames: int, repeats: int) -> dict:
         }
         result = {name: statistics.median(values) for name, values in rows.items()}
         result["other"] = result["frame loop"] - result["backbone step"] - result["depth decoding"]
-        return {"device": device, "preset": settings.models.preset, "optimizers": list(settings.optimizers),
+        bound = 1 + result["mimi decode"] / result["frame loop"]
+        return {"pipelining_bound": bound, "device": device, "preset": settings.models.preset, "optimizers": list(settings.optimizers),
                 "precision": {part: settings.precision_of(part) for part in ("backbone", "decoder")},
                 "frames": frames, "repeats": repeats, "depth_decoding": "one call per frame" if fused else "per step",
                 "ms_per_frame": result}
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
           f"precision {report['precision']}, depth decoding {report['depth_decoding']}:")
     for name, ms in report["ms_per_frame"].items():
         print(f"  {name:15s} {ms:8.2f} ms per frame")
+    print(f"  pipelining bound {report['pipelining_bound']:.2f}x (1 + mimi decode / frame loop)")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -280,11 +280,18 @@ class Pipeline:
                 slot.pending.set()
 
     def close(self) -> None:
-        """Unregister the optimizers; wait for a background load in progress (no new one starts)."""
+        """Wait for a background load in progress (no new one starts); close every loaded stage that has a
+        ``close()`` (a worker it started); unregister the optimizers."""
         self._closed = True
         for thread in self._loaders:
             thread.join()
         self._loaders.clear()
+        with self._guard:
+            slots = list(self._slots.values())
+        for slot in slots:
+            close = getattr(slot.value, "close", None) if slot.loaded else None
+            if close is not None:
+                close()
         for name in self._optimizer_plugins:
             self.plugins.unregister(name)
         self._optimizer_plugins.clear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -11,5 +13,10 @@ class CsmOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pipelined_decoding: bool = Field(
-        False, description="generate frame t+1 on a thread while frame t is decoded to audio (identical output)"
+        False, description="decode frame t to audio on a worker while frame t+1 is generated (identical output)"
+    )
+    decoding_worker: Literal["auto", "thread", "process"] = Field(
+        "auto",
+        description="the worker of pipelined decoding: a thread, or a process (CPU only); auto: a process for "
+        "PyTorch's Mimi on a CPU (its Python would hold the GIL against the frame loop's), a thread otherwise",
     )

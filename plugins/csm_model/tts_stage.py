@@ -16,10 +16,8 @@ one request at a time. The stage claims the ``position_window`` and ``batch`` ca
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -36,7 +34,8 @@ from csm_core.generation.sampling import SamplingParams
 from csm_core.records import StageContext
 from csm_core.stages import BATCH, POSITION_WINDOW, SpeechChunk, SpeechParams, SpeechRequest
 from csm_core.config import plugin_options
-from csm_model.pipelined_decoding import DECODING_THREADS, pipelined_chunks
+from csm_model.decoding_workers import open_decoding
+from csm_model.pipelined_decoding import decoded_chunks
 from csm_model.options import CsmOptions
 from csm_model.sources import load_csm_weights, load_mimi_model
 
@@ -71,6 +70,15 @@ class CsmSpeaker:
                 f"{self.args.num_codebooks}: use the Mimi checkpoint that belongs to this CSM"
             )
         self.sample_rate = self.codec.sample_rate
+        self.decoding = open_decoding(self.codec, self.device, self.options.pipelined_decoding,
+                                      self.options.decoding_worker)
+        self.decoding_note = f"pipelined decoding: {self.decoding.describe()}" if self.options.pipelined_decoding else None
+        if self.decoding_note:
+            context.log.info(self.decoding_note)
+
+    def close(self) -> None:
+        """Stop the decoding worker, if any (:meth:`Pipeline.close <csm_core.pipeline.Pipeline.close>` calls this)."""
+        self.decoding.close()
 
     @property
     def max_positions(self) -> int:
@@ -103,7 +111,6 @@ class CsmSpeaker:
     def speak(self, request: SpeechRequest) -> Iterator[SpeechChunk]:
         prompt = self._prompt(request)
         params = request.params
-        state = self.codec.init_state(1)
         frames = generate_frames(
             self.engines, self.embedder, prompt,
             max_frames=params.max_frames,
@@ -111,21 +118,15 @@ class CsmSpeaker:
             seed=params.seed,
             silence_guard=SilenceGuard(self.settings.generation.max_silent_frames),
         )
-        def decode(frame: torch.Tensor) -> np.ndarray:  # [1, K] -> samples; Mimi's state carries over
-            nonlocal state
-            pcm, state = self.codec.decode_step(frame.unsqueeze(-1), state)
-            return pcm[0, 0].float().cpu().numpy()
-
-        if self.options.pipelined_decoding:
-            chunks = pipelined_chunks(frames, decode, self.device)
-        else:
-            chunks = ((frame, decode(frame)) for frame in frames)
+        chunks = decoded_chunks(frames, self.decoding)
         try:
             for frame, samples in chunks:
                 yield SpeechChunk(samples=samples, codes=frame[0].cpu().numpy().astype(np.int64)[:, None])
                 self.context.safe_point(self.device)
         finally:
-            chunks.close()  # a closed (cancelled) speak stops the frame loop within a frame
+            chunks.close()  # a closed (cancelled) speak stops the frame loop at once
+            if self.decoding_note:
+                self.context.events.append(self.decoding_note)  # the turn's metrics say which worker ran
 
     def open_session(self, rows: int) -> "SpeechSession":
         """A continuous-batching session of up to ``rows`` requests (:class:`SpeechSession`).
@@ -140,7 +141,7 @@ class CsmSpeaker:
             self.context.report(f"csm: KV caches re-allocated for {rows} rows (continuous batching)")
             self.engines = self.context.built("csm", engines)
         session = BatchSession(engines, self.embedder, rows, SilenceGuard(self.settings.generation.max_silent_frames))
-        return SpeechSession(self, session, pipelined=self.options.pipelined_decoding)
+        return SpeechSession(self, session)
 
     def speak_batch(self, requests: Sequence[SpeechRequest]) -> Iterator[tuple[int, SpeechChunk]]:
         """Speak several requests together on a continuous-batching session (:meth:`open_session`); yields
@@ -203,33 +204,30 @@ class CsmSpeaker:
                 yield from sorted(live, key=lambda item: item[0])
         finally:
             session.close()
+            if self.decoding_note:
+                self.context.events.append(self.decoding_note)
 
 
 class SpeechSession:
     """Continuous batching on the ``csm`` stage: a :class:`~csm_core.generation.batch_session.BatchSession`
-    plus a streaming Mimi state per row. ``add(request) -> row``, ``step() -> {row: SpeechChunk or None}``
-    (None: the row ended), ``remove(row)``. Each row's audio is decoded with its own decoder state, so a
-    row's chunks are those :meth:`CsmSpeaker.speak` gives.
+    plus a row of the stage's decoding (:mod:`csm_model.decoding_workers`) per request. ``add(request) ->
+    row``, ``step() -> {row: SpeechChunk or None}`` (None: the row ended), ``remove(row)``. Each row's audio
+    is decoded with its own streaming state, so a row's chunks are those :meth:`CsmSpeaker.speak` gives.
 
     A row is a handle of its own, never reused (a KV-cache slot is, as soon as its row has ended), so
-    a late chunk can never be taken for another request's. With ``pipelined`` (``options.csm.pipelined_decoding``)
-    the frames a step makes are decoded to audio on a worker thread while the next step generates:
-    :meth:`step` returns the audio of the frames made by the call before it (one frame later; identical
-    codes and audio), and a row's end comes after its last chunk, as without pipelining.
+    a late chunk can never be taken for another request's. With pipelined decoding
+    (``options.csm.pipelined_decoding``) the frames a step makes are decoded on the worker while the next
+    step generates: :meth:`step` returns the audio of the frames made by the call before it (one frame
+    later; identical codes and audio), and a row's end comes after its last chunk, as without pipelining.
     """
 
-    def __init__(self, speaker: CsmSpeaker, session: BatchSession, pipelined: bool = False) -> None:
+    def __init__(self, speaker: CsmSpeaker, session: BatchSession) -> None:
         self.speaker, self.session = speaker, session
         self.rows = session.rows
-        self._handles = itertools.count()
+        self.decoding = speaker.decoding
         self._row_of_slot: dict[int, int] = {}  # the KV-cache slot of a live row -> the row
-        self._states: dict[int, object] = {}  # row -> its streaming Mimi state (until it ends or is removed)
+        self._live: set[int] = set()  # rows added whose end has not been returned (nor removed)
         self._pending: list[tuple[int, torch.Tensor | None]] = []  # made by the last step, not decoded yet
-        self._worker = None
-        if pipelined:  # on a CPU the decoding thread keeps to one core (csm_model.pipelined_decoding)
-            threads = DECODING_THREADS if not str(speaker.device).startswith("cuda") else torch.get_num_threads()
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="csm-mimi",
-                                              initializer=torch.set_num_threads, initargs=(threads,))
 
     @property
     def free(self) -> int:
@@ -238,7 +236,7 @@ class SpeechSession:
 
     def __len__(self) -> int:
         """Rows added whose end has not been returned by :meth:`step` (nor removed)."""
-        return len(self._states)
+        return len(self._live)
 
     def add(self, request: SpeechRequest, *, prompt: Prompt | None = None) -> int:
         """Prefill ``request`` into a free slot; it speaks from the next :meth:`step`; returns its row.
@@ -252,9 +250,9 @@ class SpeechSession:
                                     seed=params.seed)
         except ValueError as exc:
             raise CsmError(str(exc)) from None
-        row = next(self._handles)
+        row = self.decoding.open()
         self._row_of_slot[slot] = row
-        self._states[row] = speaker.codec.init_state(1)
+        self._live.add(row)
         return row
 
     def remove(self, row: int) -> None:
@@ -263,26 +261,26 @@ class SpeechSession:
             if live == row:
                 del self._row_of_slot[slot]
                 self.session.remove(slot)
-        self._states.pop(row, None)
+        if row in self._live:
+            self._live.discard(row)
+            self.decoding.drop(row)
 
     def close(self) -> None:
-        """Stop the decoding worker (pipelined sessions)."""
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
+        """Drop every row still open on the stage's decoding (the session is not used after this)."""
+        for row in list(self._live):
+            self.remove(row)
+        self._pending = []
 
     def step(self) -> dict[int, SpeechChunk | None]:
         """One frame for every active row, decoded to audio: ``{row: chunk}``, None for a row that ended.
 
-        The rows' frames are decoded together where the codec offers ``decode_rows`` (each row with its
-        own streaming state and position), else one row at a time."""
-        if self._worker is None:
-            out = self._decode(self._generate())
-        else:  # decode the last step's frames on the worker while this step generates
-            pending, self._pending = self._pending, []
-            decoding = self._worker.submit(self._decode, pending) if pending else None
-            made = self._generate()
-            out = decoding.result() if decoding is not None else {}
-            self._pending = made
+        The rows' frames are decoded together, in one codec call where the codec offers ``decode_rows``."""
+        if self.decoding.ahead:  # decode the last step's frames on the worker while this step generates
+            decoding = self._submit(self._pending)
+            self._pending = self._generate()
+            out = self._collect(*decoding)
+        else:
+            out = self._collect(*self._submit(self._generate()))
         self.speaker.context.safe_point(self.speaker.device)
         return out
 
@@ -295,28 +293,26 @@ class SpeechSession:
             made.append((row, frame))
         return made
 
-    def _decode(self, made: list[tuple[int, torch.Tensor | None]]) -> dict[int, SpeechChunk | None]:
-        """Audio of ``made`` frames, in one codec call where the codec allows; rows removed meanwhile are skipped."""
+    def _submit(self, made: list[tuple[int, torch.Tensor | None]]):
+        """Send ``made``'s frames of live rows to the decoding: (rows, codes [n,K], ended rows, job or None)."""
+        live = [(row, frame) for row, frame in made if row in self._live]
+        rows = [row for row, frame in live if frame is not None]
+        codes = torch.stack([frame for _, frame in live if frame is not None]) if rows else None
+        job = self.decoding.submit(rows, codes) if rows else None
+        return rows, codes, [row for row, frame in live if frame is None], job
+
+    def _collect(self, rows, codes, ended, job) -> dict[int, SpeechChunk | None]:
+        """The chunks of a :meth:`_submit`; rows removed since are skipped, ended rows are dropped."""
         out: dict[int, SpeechChunk | None] = {}
-        live = [(row, frame) for row, frame in made if row in self._states]
-        frames = [(row, frame) for row, frame in live if frame is not None]
-        if frames:
-            codec = self.speaker.codec
-            decode_rows = getattr(codec, "decode_rows", None)
-            codes = torch.stack([frame for _, frame in frames])[:, :, None]  # [n,K,1]
-            states = [self._states[row] for row, _ in frames]
-            if decode_rows is not None and len(frames) > 1:
-                pcm, states = decode_rows(codes, states)
-            else:
-                decoded = [codec.decode_step(codes[i : i + 1], state) for i, state in enumerate(states)]
-                pcm, states = torch.cat([p for p, _ in decoded]), [state for _, state in decoded]
-            samples = pcm[:, 0].float().cpu().numpy()
-            all_codes = codes.cpu().numpy().astype(np.int64)
-            for i, (row, _) in enumerate(frames):
-                self._states[row] = states[i]
-                out[row] = SpeechChunk(samples=samples[i], codes=all_codes[i])
-        for row, frame in live:
-            if frame is None:
-                self._states.pop(row, None)
+        if job is not None:
+            samples = job.result()
+            all_codes = codes.cpu().numpy().astype(np.int64)[:, :, None]  # [n,K,1]
+            for i, row in enumerate(rows):
+                if row in self._live:
+                    out[row] = SpeechChunk(samples=samples[i], codes=all_codes[i])
+        for row in ended:
+            if row in self._live:
+                self._live.discard(row)
+                self.decoding.drop(row)
                 out[row] = None
         return out
